@@ -1,0 +1,27 @@
+# The two newcomer commands are `make demo` and `make test`; each sets up .venv itself.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: demo test test-slow lint bench bench-quick clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+demo: $(STAMP)  ## run the main job offline against the bundled emulator and stand-in ascp
+	$(PY) -m immsync.testing.demo
+
+test: $(STAMP)  ## the default test suite, then the type and lint checks
+	$(PY) -m pytest
+	$(PY) -m mypy
+	$(PY) -m ruff check immsync tests
+
+test-slow: $(STAMP)  ## stress tests (crash trials, large files)
+	$(PY) -m pytest -m slow || [ $$? -eq 5 ]  # 5: no slow test selected
+
+clean:
+	rm -rf $(VENV) demo-run .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,7 @@
+"""``python -m immsync``: the same as the ``immsync`` command."""
+
+from __future__ import annotations
+
+from .cli import main
+
+main()

@@ -1,0 +1,261 @@
+"""Records and seams shared by every stage of a sync.
+
+Standard library only, and nothing from immsync: this is a leaf module. Records are
+frozen so that a plan, once made, is plain data that nothing can change under us.
+
+Paths inside these records are always *destination-relative POSIX paths* such as
+``SDY1/ResultFiles/Flow_cytometry_result/02054141.001.52628.fcs``: the ImmPort path
+without its leading slash, and the place below the destination where the file lands.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import Protocol
+
+
+@dataclass(frozen=True, slots=True)
+class StudySelection:
+    """What the manifest wants from one study."""
+
+    accession: str
+    paths: tuple[str, ...] = ()
+    """Paths below the study root; empty means the whole study."""
+    include: tuple[str, ...] = ()
+    """Glob patterns; when given, a file must match one of them."""
+    exclude: tuple[str, ...] = ()
+    """Glob patterns; a file matching any of them is left out."""
+
+
+@dataclass(frozen=True, slots=True)
+class Manifest:
+    """A validated manifest."""
+
+    source: Path
+    """The manifest file itself."""
+    destination: Path
+    """Absolute destination folder."""
+    studies: tuple[StudySelection, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class RemoteFile:
+    """One file as ImmPort describes it."""
+
+    path: str
+    """Destination-relative POSIX path, e.g. ``SDY1/StudyFiles/x.txt``."""
+    size: int
+    mtime: str
+    """Modification time exactly as the listing gives it (ISO-8601 UTC)."""
+    md5: str | None = None
+    """Lowercase hex MD5 from ImmPort's study manifest, when it gives one."""
+
+    @property
+    def remote_path(self) -> str:
+        """The path as ImmPort and Aspera name it, with a leading slash."""
+        return "/" + self.path
+
+
+@dataclass(frozen=True, slots=True)
+class LocalFile:
+    """What ``stat`` says of a file on disk: the cheap fingerprint."""
+
+    size: int
+    mtime_ns: int
+
+
+@dataclass(frozen=True, slots=True)
+class Observed:
+    """A local file as observed before planning.
+
+    ``checksum`` is filled in only when the fingerprint differs from the recorded one,
+    so that an unchanged tree is never re-read.
+    """
+
+    size: int
+    mtime_ns: int
+    checksum: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StateEntry:
+    """What immsync recorded about a file it fetched and verified."""
+
+    path: str
+    size: int
+    mtime_ns: int
+    checksum: str
+    """``xxh3_128:<32 lowercase hex>`` of the local file."""
+    remote_size: int
+    remote_mtime: str
+    remote_md5: str | None = None
+
+    @property
+    def fingerprint(self) -> LocalFile:
+        return LocalFile(self.size, self.mtime_ns)
+
+    def matches_remote(self, remote: RemoteFile) -> bool:
+        """True when *remote* describes the same upstream version we fetched."""
+        if remote.size != self.remote_size or remote.mtime != self.remote_mtime:
+            return False
+        # An MD5 is only comparable when both sides have one.
+        return not (remote.md5 and self.remote_md5 and remote.md5 != self.remote_md5)
+
+
+class Action(Enum):
+    """What the plan does with one path."""
+
+    DOWNLOAD = "download"
+    """Selected, never fetched."""
+    UPDATE = "update"
+    """Changed upstream since it was fetched."""
+    REPAIR = "repair"
+    """Recorded, but the local copy is missing or no longer matches."""
+    DELETE = "delete"
+    """Recorded, but no longer selected (or gone upstream); done only with prune."""
+    UNCHANGED = "unchanged"
+
+
+FETCH_ACTIONS = frozenset({Action.DOWNLOAD, Action.UPDATE, Action.REPAIR})
+
+
+@dataclass(frozen=True, slots=True)
+class PlanItem:
+    action: Action
+    path: str
+    size: int
+    reason: str
+    remote: RemoteFile | None = None
+    """The upstream file to fetch; None for DELETE."""
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """The pure result of comparing what is wanted, what is upstream and what is here."""
+
+    items: tuple[PlanItem, ...]
+    notes: tuple[str, ...] = ()
+    """Facts the user should know about how the plan was made."""
+
+    @property
+    def pending(self) -> tuple[PlanItem, ...]:
+        """Every item that is not UNCHANGED."""
+        return tuple(i for i in self.items if i.action is not Action.UNCHANGED)
+
+    @property
+    def to_fetch(self) -> tuple[PlanItem, ...]:
+        return tuple(i for i in self.items if i.action in FETCH_ACTIONS)
+
+    @property
+    def to_delete(self) -> tuple[PlanItem, ...]:
+        return tuple(i for i in self.items if i.action is Action.DELETE)
+
+    def stats(self) -> dict[str, int]:
+        """Counts per action, every action present (zero when absent)."""
+        counts = Counter(i.action for i in self.items)
+        return {a.value: counts.get(a, 0) for a in Action}
+
+    def __bool__(self) -> bool:
+        return bool(self.pending)
+
+
+@dataclass(frozen=True, slots=True)
+class ProgressEvent:
+    """A transport's report on one file in flight."""
+
+    session: str
+    """Identifies the transfer session (one ``ascp`` process) it came from."""
+    name: str
+    """The file name the transport printed (``ascp`` prints the base name)."""
+    percent: int | None = None
+    bytes_done: int | None = None
+    rate: str | None = None
+
+
+ProgressCallback = Callable[[ProgressEvent], None]
+
+
+@dataclass(frozen=True, slots=True)
+class TransferBatch:
+    """Files to move in one transfer session, into ``staging/<file.path>``."""
+
+    files: tuple[RemoteFile, ...]
+    staging: Path
+    label: str = ""
+    """Short name for logs and progress (e.g. ``batch 3/12``)."""
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(f.size for f in self.files)
+
+
+class Transfer(Protocol):
+    """A way to move files from ImmPort into a local staging folder.
+
+    Implementations: ``immsync.ascp.AscpTransfer``. A transport only *moves bytes*:
+    the caller checks sizes, hashes, places files and records them, so every
+    transport shares the same guarantees.
+    """
+
+    name: str
+
+    def fetch(self, batch: TransferBatch, on_progress: ProgressCallback) -> None:
+        """Bring every file of *batch* to ``batch.staging / file.path``.
+
+        Args:
+            batch: the files and the staging folder. Parent folders may not exist yet.
+            on_progress: called from the calling thread with progress as it is known.
+
+        Raises:
+            TransferError: the session failed. Files that did arrive stay in staging;
+                the caller decides which of them are complete.
+            TransportUnavailable: the transport cannot run at all.
+        """
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class FileOutcome:
+    """What happened to one planned item during apply."""
+
+    path: str
+    action: Action
+    ok: bool
+    size: int = 0
+    error: str | None = None
+
+
+@dataclass(slots=True)
+class Report:
+    """The result of ``apply``: built up as the run goes, then rendered."""
+
+    plan: Plan
+    outcomes: list[FileOutcome] = field(default_factory=list)
+    sessions: int = 0
+    token_requests: int = 0
+    elapsed: float = 0.0
+    dry_run: bool = False
+
+    @property
+    def failures(self) -> list[FileOutcome]:
+        return [o for o in self.outcomes if not o.ok]
+
+    def counts(self) -> dict[str, int]:
+        done = Counter(o.action.value for o in self.outcomes if o.ok)
+        result = {a.value: done.get(a.value, 0) for a in Action if a is not Action.UNCHANGED}
+        result["unchanged"] = self.plan.stats()["unchanged"]
+        result["failed"] = len(self.failures)
+        return result
+
+    @property
+    def bytes_transferred(self) -> int:
+        return sum(o.size for o in self.outcomes if o.ok and o.action is not Action.DELETE)
+
+
+def batch_paths(files: Sequence[RemoteFile]) -> list[str]:
+    """The ImmPort paths of *files*, in order (what a token request names)."""
+    return [f.remote_path for f in files]

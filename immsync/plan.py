@@ -1,0 +1,106 @@
+"""Deciding what to do with every path: a pure function of what was observed.
+
+Nothing here reads a file, calls the network or looks at a clock. The caller gathers
+the facts (remote listing, state, local fingerprints and, only where a fingerprint
+changed, local checksums) and passes them in; the plan that comes back is plain data.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+from .model import Action, Observed, Plan, PlanItem, RemoteFile, StateEntry
+
+
+def make_plan(
+    selected: Mapping[str, RemoteFile],
+    state: Mapping[str, StateEntry],
+    observed: Mapping[str, Observed | None],
+    *,
+    listed: Iterable[str] = (),
+    notes: Iterable[str] = (),
+) -> Plan:
+    """Compare what the manifest selects upstream with what is recorded and on disk.
+
+    Args:
+        selected: the remote files the manifest selects, by destination-relative path.
+        state: what immsync recorded, by path. Leave out entries that must not be
+            touched this run (for example below a folder whose listing failed).
+        observed: local files by path; None or absent means missing. ``checksum`` is
+            expected wherever the fingerprint differs from the recorded one.
+        listed: every remote path seen before the manifest's include/exclude filters,
+            so a DELETE can say whether the file was filtered out or removed upstream.
+        notes: facts to carry into the plan for the user.
+
+    Returns:
+        One item per path in ``selected`` or ``state``, sorted by path.
+    """
+    listed_set = frozenset(listed)
+    items: list[PlanItem] = []
+    for path in sorted(selected.keys() | state.keys()):
+        remote = selected.get(path)
+        entry = state.get(path)
+        local = observed.get(path)
+        if remote is None:
+            assert entry is not None
+            reason = (
+                "filtered out by the manifest's include/exclude"
+                if path in listed_set
+                else "no longer selected by the manifest, or removed upstream"
+            )
+            items.append(PlanItem(Action.DELETE, path, entry.size, reason))
+        elif entry is None:
+            items.append(_download(remote, local))
+        else:
+            items.append(_compare(remote, entry, local))
+    return Plan(items=tuple(items), notes=tuple(notes))
+
+
+def _download(remote: RemoteFile, local: Observed | None) -> PlanItem:
+    if local is None:
+        reason = "not present locally"
+    else:
+        reason = "present locally but not recorded by immsync; fetched and verified"
+    return PlanItem(Action.DOWNLOAD, remote.path, remote.size, reason, remote)
+
+
+def _compare(remote: RemoteFile, entry: StateEntry, local: Observed | None) -> PlanItem:
+    if not entry.matches_remote(remote):
+        return PlanItem(
+            Action.UPDATE, remote.path, remote.size, _upstream_change(entry, remote), remote
+        )
+    if local is None:
+        return PlanItem(
+            Action.REPAIR, remote.path, remote.size, "recorded but missing locally", remote
+        )
+    if (local.size, local.mtime_ns) == (entry.size, entry.mtime_ns):
+        return PlanItem(Action.UNCHANGED, remote.path, remote.size, "up to date", remote)
+    if local.checksum == entry.checksum:
+        return PlanItem(
+            Action.UNCHANGED, remote.path, remote.size, "up to date (timestamp only)", remote
+        )
+    if local.size != entry.size:
+        reason = f"local copy modified (size {entry.size} -> {local.size})"
+    else:
+        reason = "local copy modified (checksum differs)"
+    return PlanItem(Action.REPAIR, remote.path, remote.size, reason, remote)
+
+
+def _upstream_change(entry: StateEntry, remote: RemoteFile) -> str:
+    changes = []
+    if remote.size != entry.remote_size:
+        changes.append(f"size {entry.remote_size} -> {remote.size}")
+    if remote.mtime != entry.remote_mtime:
+        changes.append(f"modified {entry.remote_mtime} -> {remote.mtime}")
+    if remote.md5 and entry.remote_md5 and remote.md5 != entry.remote_md5:
+        changes.append("md5 differs")
+    return "changed upstream: " + ", ".join(changes)
+
+
+def needs_hash(entry: StateEntry | None, size: int, mtime_ns: int) -> bool:
+    """Whether an observer must hash a local file before planning.
+
+    Only a recorded file whose cheap fingerprint changed needs its content read: an
+    unrecorded file will be fetched anyway, an unchanged one is trusted.
+    """
+    return entry is not None and (size, mtime_ns) != (entry.size, entry.mtime_ns)

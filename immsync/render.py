@@ -1,0 +1,359 @@
+"""Turning plans, reports and checks into text and JSON, and showing progress.
+
+Pure formatting functions plus the progress reporters the CLI hands to ``sync``. No
+library module imports this one; only ``cli`` does.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
+
+from .check import FileCheck, FileState
+from .errors import ImmsyncError
+from .model import Action, FileOutcome, Plan, ProgressEvent, Report, TransferBatch
+
+JSON_ACTIONS = (Action.DOWNLOAD, Action.UPDATE, Action.REPAIR, Action.DELETE)
+
+
+def format_size(n: float) -> str:
+    """Bytes as a short human figure with 1024-based units: ``1.5 MiB``."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    raise AssertionError("unreachable")
+
+
+# -- plan ------------------------------------------------------------------------------
+
+
+def plan_to_json(plan: Plan, *, problems: Sequence[str] = ()) -> dict[str, Any]:
+    stats = plan.stats()
+    return {
+        "actions": [
+            {"action": i.action.value, "path": i.path, "size": i.size, "reason": i.reason}
+            for i in plan.pending
+        ],
+        "summary": {a.value: stats[a.value] for a in (*JSON_ACTIONS, Action.UNCHANGED)},
+        "notes": list(plan.notes),
+        "problems": list(problems),
+    }
+
+
+def plan_summary(plan: Plan, *, prune: bool = True) -> str:
+    s = plan.stats()
+    delete = f"{s['delete']} to delete" if prune else f"{s['delete']} to delete (with --prune)"
+    fetch_bytes = sum(i.size for i in plan.to_fetch)
+    return (
+        f"Plan: {s['download']} to download, {s['update']} to update, {s['repair']} to repair, "
+        f"{delete}, {s['unchanged']} unchanged ({format_size(fetch_bytes)} to fetch)."
+    )
+
+
+def plan_lines(plan: Plan) -> list[str]:
+    """One aligned line per pending action."""
+    pending = plan.pending
+    if not pending:
+        return []
+    width = max(len(i.action.value) for i in pending)
+    return [
+        f"  {i.action.value:<{width}}  {format_size(i.size):>10}  {i.path}  ({i.reason})"
+        for i in pending
+    ]
+
+
+# -- apply -----------------------------------------------------------------------------
+
+
+def report_to_json(report: Report, *, problems: Sequence[str] = ()) -> dict[str, Any]:
+    return {
+        "plan": plan_to_json(report.plan, problems=problems),
+        "result": {
+            "dry_run": report.dry_run,
+            "counts": report.counts(),
+            "bytes_transferred": report.bytes_transferred,
+            "sessions": report.sessions,
+            "elapsed_seconds": round(report.elapsed, 3),
+            "failures": [{"path": f.path, "error": f.error} for f in report.failures],
+        },
+    }
+
+
+def report_summary(report: Report) -> str:
+    c = report.counts()
+    return (
+        f"Done in {report.elapsed:.1f} s: {c['download']} downloaded, {c['update']} updated, "
+        f"{c['repair']} repaired, {c['delete']} deleted, {c['unchanged']} unchanged, "
+        f"{c['failed']} failed; {format_size(report.bytes_transferred)} transferred in "
+        f"{report.sessions} session(s)."
+    )
+
+
+# -- status / verify -------------------------------------------------------------------
+
+
+def checks_to_json(checks: Sequence[FileCheck]) -> dict[str, Any]:
+    counts = {s.value: 0 for s in FileState}
+    for c in checks:
+        counts[c.state.value] += 1
+    return {
+        "files": [
+            {
+                "path": c.entry.path,
+                "size": c.entry.size,
+                "checksum": c.entry.checksum,
+                "state": c.state.value,
+            }
+            for c in checks
+        ],
+        "summary": counts,
+    }
+
+
+def check_lines(checks: Sequence[FileCheck], *, all_files: bool = False) -> list[str]:
+    return [
+        f"  {c.state.value:<8}  {c.entry.path}" + (f"  ({c.detail})" if c.detail else "")
+        for c in checks
+        if all_files or c.state is not FileState.OK
+    ]
+
+
+def checks_summary(checks: Sequence[FileCheck], verb: str) -> str:
+    counts = {s: 0 for s in FileState}
+    for c in checks:
+        counts[c.state] += 1
+    return (
+        f"{verb} {len(checks)} recorded file(s): {counts[FileState.OK]} ok, "
+        f"{counts[FileState.MODIFIED]} modified, {counts[FileState.MISSING]} missing."
+    )
+
+
+# -- logging ---------------------------------------------------------------------------
+
+
+def create_log_config(verbose: int, quiet: bool) -> dict[str, Any]:
+    """A ``logging.dictConfig`` for the CLI: warnings by default, more with -v."""
+    if quiet:
+        level = "ERROR"
+    elif verbose >= 2:
+        level = "DEBUG"
+    elif verbose == 1:
+        level = "INFO"
+    else:
+        level = "WARNING"
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {"plain": {"format": "immsync: %(levelname)s: %(message)s"}},
+        "handlers": {
+            "stderr": {
+                "class": "logging.StreamHandler",
+                "formatter": "plain",
+                "stream": "ext://sys.stderr",
+                "level": level,
+            }
+        },
+        "loggers": {"immsync": {"handlers": ["stderr"], "level": level, "propagate": False}},
+    }
+
+
+# -- progress --------------------------------------------------------------------------
+
+
+class _Totals:
+    """Thread-safe running totals shared by both reporters."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.files_total = 0
+        self.bytes_total = 0
+        self.files_done = 0
+        self.bytes_done = 0
+        self.failed = 0
+        self.in_flight: dict[str, int] = {}
+        """Estimated bytes received of files not yet finished, by session and name."""
+        self.sizes: dict[str, int] = {}
+
+    def start(self, plan: Plan) -> None:
+        fetch = plan.to_fetch
+        self.files_total = len(fetch)
+        self.bytes_total = sum(i.size for i in fetch)
+
+    def batch(self, batch: TransferBatch) -> None:
+        with self.lock:
+            for f in batch.files:
+                self.sizes[f"{batch.label}\0{f.path.rsplit('/', 1)[-1]}"] = f.size
+
+    def progress(self, event: ProgressEvent) -> None:
+        key = f"{event.session}\0{event.name.strip()}"
+        with self.lock:
+            size = self.sizes.get(key)
+            if event.bytes_done is not None:
+                self.in_flight[key] = event.bytes_done
+            elif size is not None and event.percent is not None:
+                self.in_flight[key] = size * event.percent // 100
+
+    def done(self, outcome: FileOutcome) -> None:
+        if outcome.action is Action.DELETE:
+            return
+        with self.lock:
+            name = outcome.path.rsplit("/", 1)[-1]
+            for key in [k for k in self.in_flight if k.endswith("\0" + name)]:
+                del self.in_flight[key]
+            if outcome.ok:
+                self.files_done += 1
+                self.bytes_done += outcome.size
+            else:
+                self.failed += 1
+
+    def bytes_now(self) -> int:
+        with self.lock:
+            return min(self.bytes_total, self.bytes_done + sum(self.in_flight.values()))
+
+
+class LineReporter:
+    """For logs: a plain line every *interval* seconds, no carriage returns."""
+
+    def __init__(
+        self,
+        write: Callable[[str], None],
+        *,
+        interval: float = 5.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._write = write
+        self._interval = interval
+        self._clock = clock
+        self._last = clock()
+        self._started = self._last
+        self._totals = _Totals()
+
+    def plan_ready(self, plan: Plan) -> None:
+        self._totals.start(plan)
+
+    def batch_started(self, batch: TransferBatch) -> None:
+        self._totals.batch(batch)
+        self._write(
+            f"{batch.label}: starting transfer of {len(batch.files)} file(s), "
+            f"{format_size(batch.total_bytes)}"
+        )
+
+    def progress(self, event: ProgressEvent) -> None:
+        self._totals.progress(event)
+        self._maybe_line()
+
+    def file_done(self, outcome: FileOutcome) -> None:
+        self._totals.done(outcome)
+        if not outcome.ok:
+            self._write(f"failed: {outcome.path}: {outcome.error}")
+        self._maybe_line()
+
+    def retrying(self, batch: TransferBatch, error: ImmsyncError, delay: float) -> None:
+        self._write(f"{batch.label}: retrying in {delay:.1f} s: {error.message}")
+
+    def _maybe_line(self) -> None:
+        now = self._clock()
+        if now - self._last < self._interval:
+            return
+        self._last = now
+        t = self._totals
+        done = t.bytes_now()
+        rate = done / max(now - self._started, 1e-9)
+        self._write(
+            f"progress: {t.files_done}/{t.files_total} files, {format_size(done)}/"
+            f"{format_size(t.bytes_total)}, {format_size(rate)}/s"
+        )
+
+
+class RichReporter:
+    """For terminals: an overall bytes bar, a files bar, and a line per running session."""
+
+    def __init__(self, console: Console) -> None:
+        self._console = console
+        self._totals = _Totals()
+        self._progress = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            DownloadColumn(binary_units=True),
+            TransferSpeedColumn(),
+            TimeRemainingColumn(),
+            console=console,
+            transient=True,
+        )
+        self._files = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=console,
+            transient=True,
+        )
+        self._bytes_task: TaskID | None = None
+        self._files_task: TaskID | None = None
+        self._sessions: dict[str, TaskID] = {}
+        self._lock = threading.Lock()
+        self._live = False
+
+    def plan_ready(self, plan: Plan) -> None:
+        self._totals.start(plan)
+        if not plan.to_fetch:
+            return
+        from rich.console import Group
+        from rich.live import Live
+
+        self._bytes_task = self._progress.add_task("bytes", total=self._totals.bytes_total)
+        self._files_task = self._files.add_task("files", total=self._totals.files_total)
+        self._live_display = Live(
+            Group(self._progress, self._files), console=self._console, transient=True
+        )
+        self._live_display.start()
+        self._live = True
+
+    def batch_started(self, batch: TransferBatch) -> None:
+        self._totals.batch(batch)
+        with self._lock:
+            if batch.label not in self._sessions:
+                self._sessions[batch.label] = self._files.add_task(
+                    f"{batch.label}", total=len(batch.files)
+                )
+
+    def progress(self, event: ProgressEvent) -> None:
+        self._totals.progress(event)
+        if self._bytes_task is not None:
+            self._progress.update(self._bytes_task, completed=self._totals.bytes_now())
+        task = self._sessions.get(event.session)
+        if task is not None:
+            self._files.update(task, description=f"{event.session}: {event.name.strip()}")
+
+    def file_done(self, outcome: FileOutcome) -> None:
+        self._totals.done(outcome)
+        if not outcome.ok:
+            self._console.print(f"[red]failed[/red]: {outcome.path}: {outcome.error}")
+        if self._files_task is not None and outcome.action is not Action.DELETE:
+            self._files.update(self._files_task, completed=self._totals.files_done)
+        if self._bytes_task is not None:
+            self._progress.update(self._bytes_task, completed=self._totals.bytes_now())
+
+    def retrying(self, batch: TransferBatch, error: ImmsyncError, delay: float) -> None:
+        self._console.print(f"[yellow]{batch.label}: retrying in {delay:.1f} s[/yellow]: {error.message}")
+
+    def close(self) -> None:
+        if self._live:
+            self._live_display.stop()
+            self._live = False

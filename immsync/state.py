@@ -1,0 +1,202 @@
+"""The local record of what immsync fetched and verified, kept in SQLite.
+
+Why SQLite (from the standard library) rather than a JSON file: recording one finished
+file is one small transaction, so a 100,000-file mirror costs no more per file than a
+10-file one, and a crash at any instant leaves either the old or the new record, never
+half of one. A JSON file would have to be rewritten whole for every file.
+
+The database lives at ``<destination>/.immsync/state.sqlite``. It is versioned with
+``PRAGMA user_version`` and marked with ``PRAGMA application_id`` so that a foreign or
+future file is refused instead of silently replaced: an empty state would mean
+re-downloading everything.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Iterable
+from pathlib import Path
+from types import TracebackType
+
+from .errors import StateError
+from .model import StateEntry
+
+SCHEMA_VERSION = 1
+# "IMSY" as a big-endian int: lets us tell our database from any other SQLite file.
+APPLICATION_ID = 0x494D5359
+STATE_DIRNAME = ".immsync"
+STATE_FILENAME = "state.sqlite"
+
+_REBUILD_HINT = (
+    "move {path} aside and run `immsync apply --rebuild-state MANIFEST` to re-create it "
+    "from the files on disk (they are re-hashed, not re-downloaded)"
+)
+
+_COLUMNS = "path, size, mtime_ns, checksum, remote_size, remote_mtime, remote_md5"
+
+
+def state_path(destination: Path) -> Path:
+    return destination / STATE_DIRNAME / STATE_FILENAME
+
+
+class StateStore:
+    """Open with ``StateStore.open(path)``; use as a context manager to close it."""
+
+    def __init__(self, connection: sqlite3.Connection, path: Path) -> None:
+        self._db = connection
+        self.path = path
+        self._write_lock = threading.Lock()
+
+    @classmethod
+    def open(cls, path: Path, *, create: bool = True) -> StateStore:
+        """Open (and if *create*, create) the state at *path*.
+
+        Raises:
+            StateError: the file is not an immsync state, is corrupt, or is newer.
+        """
+        if not path.exists():
+            if not create:
+                return cls(_empty_memory_db(), path)
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise StateError(
+                    f"cannot create the state folder {path.parent}: {exc.strerror or exc}",
+                    hint="check that the destination is writable",
+                ) from exc
+        try:
+            # check_same_thread=False: transfer threads record through the store, which
+            # serialises them with its own lock.
+            db = sqlite3.connect(
+                path, timeout=30.0, isolation_level=None, check_same_thread=False
+            )
+            store = cls(db, path)
+            store._prepare()
+        except sqlite3.DatabaseError as exc:
+            raise StateError(
+                f"the state file {path} is unreadable or corrupt: {exc}",
+                hint=_REBUILD_HINT.format(path=path),
+            ) from exc
+        return store
+
+    def _prepare(self) -> None:
+        (app_id,) = self._db.execute("PRAGMA application_id").fetchone()
+        (version,) = self._db.execute("PRAGMA user_version").fetchone()
+        tables = self._db.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
+        if app_id == 0 and version == 0 and tables == 0:
+            self._initialise()
+            return
+        if app_id != APPLICATION_ID:
+            raise StateError(
+                f"{self.path} is not an immsync state file",
+                hint=_REBUILD_HINT.format(path=self.path),
+            )
+        if version > SCHEMA_VERSION:
+            raise StateError(
+                f"the state file {self.path} was written by a newer immsync "
+                f"(state version {version}; this immsync reads version {SCHEMA_VERSION})",
+                hint="upgrade immsync, or " + _REBUILD_HINT.format(path=self.path),
+            )
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        # Touch the table so that a damaged page surfaces here, as a StateError.
+        self._db.execute("SELECT count(*) FROM files").fetchone()
+
+    def _initialise(self) -> None:
+        # WAL: readers (status, verify) never block the writer (apply), and a commit
+        # survives the process being killed. NORMAL sync is durable against process
+        # crashes; a power cut may lose the last records, never corrupt them.
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute("BEGIN IMMEDIATE")
+        self._db.execute(
+            """CREATE TABLE files (
+                path TEXT PRIMARY KEY,
+                size INTEGER NOT NULL,
+                mtime_ns INTEGER NOT NULL,
+                checksum TEXT NOT NULL,
+                remote_size INTEGER NOT NULL,
+                remote_mtime TEXT NOT NULL,
+                remote_md5 TEXT
+            ) WITHOUT ROWID"""
+        )
+        self._db.execute(f"PRAGMA application_id={APPLICATION_ID}")
+        self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        self._db.execute("COMMIT")
+
+    def entries(self) -> dict[str, StateEntry]:
+        """Every recorded file, by path."""
+        try:
+            rows = self._db.execute(f"SELECT {_COLUMNS} FROM files").fetchall()
+        except sqlite3.DatabaseError as exc:
+            raise StateError(
+                f"the state file {self.path} is corrupt: {exc}",
+                hint=_REBUILD_HINT.format(path=self.path),
+            ) from exc
+        return {row[0]: StateEntry(*row) for row in rows}
+
+    def record(self, entries: Iterable[StateEntry]) -> None:
+        """Record *entries* in one transaction: all of them, or (on a crash) none."""
+        rows = [
+            (
+                e.path,
+                e.size,
+                e.mtime_ns,
+                e.checksum,
+                e.remote_size,
+                e.remote_mtime,
+                e.remote_md5,
+            )
+            for e in entries
+        ]
+        if rows:
+            self._write(f"INSERT OR REPLACE INTO files ({_COLUMNS}) VALUES (?,?,?,?,?,?,?)", rows)
+
+    def forget(self, paths: Iterable[str]) -> None:
+        """Drop the records of *paths* (after their files were deleted)."""
+        rows = [(p,) for p in paths]
+        if rows:
+            self._write("DELETE FROM files WHERE path = ?", rows)
+
+    def _write(self, sql: str, rows: list[tuple[object, ...]]) -> None:
+        with self._write_lock:
+            self._write_locked(sql, rows)
+
+    def _write_locked(self, sql: str, rows: list[tuple[object, ...]]) -> None:
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.executemany(sql, rows)
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+        except sqlite3.OperationalError as exc:
+            raise StateError(
+                f"cannot write the state file {self.path}: {exc}",
+                hint="check free space and permissions on the destination",
+            ) from exc
+
+    def close(self) -> None:
+        self._db.close()
+
+    def __enter__(self) -> StateStore:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+def _empty_memory_db() -> sqlite3.Connection:
+    db = sqlite3.connect(":memory:", isolation_level=None)
+    db.execute(
+        "CREATE TABLE files (path TEXT PRIMARY KEY, size INTEGER, mtime_ns INTEGER, "
+        "checksum TEXT, remote_size INTEGER, remote_mtime TEXT, remote_md5 TEXT)"
+    )
+    return db

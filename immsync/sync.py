@@ -1,0 +1,578 @@
+"""The one module that composes the others: survey, observe, plan, transfer, verify, record.
+
+The order of operations is what makes a run safe to interrupt at any instant:
+
+1. a file is transferred into ``<destination>/.immsync/staging/`` (never its final path);
+2. its size is checked against the listing and its content hashed (xxh3_128, and MD5
+   in the same read when ImmPort published one, which must match);
+3. it is flushed to disk and moved to its final path with ``os.replace`` (atomic);
+4. only then is it recorded, in one SQLite transaction.
+
+A crash between 3 and 4 leaves a complete, correct but unrecorded file, which the next
+run fetches again; nothing is ever recorded that was not verified.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import shutil
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from . import manifest as manifest_mod
+from .errors import (
+    ApiError,
+    AuthError,
+    ChecksumMismatch,
+    ImmsyncError,
+    LocalIOError,
+    RemoteNotFound,
+    TransferError,
+    UnsafePath,
+    UsageError,
+)
+from .hashing import file_digests
+from .model import (
+    Action,
+    FileOutcome,
+    Manifest,
+    Observed,
+    Plan,
+    PlanItem,
+    ProgressEvent,
+    RemoteFile,
+    Report,
+    StateEntry,
+    Transfer,
+    TransferBatch,
+)
+from .paths import resolve_inside, unsafe_reason
+from .plan import make_plan, needs_hash
+from .retry import RetryPolicy, delays
+from .state import STATE_DIRNAME, StateStore
+
+log = logging.getLogger(__name__)
+
+STAGING_DIRNAME = "staging"
+
+
+class RemoteCatalog(Protocol):
+    """The part of ``ImmportClient`` that planning needs."""
+
+    def walk(
+        self,
+        root: str,
+        *,
+        workers: int = ...,
+        on_unsafe: Callable[[str, str], None] | None = ...,
+    ) -> list[RemoteFile]: ...
+
+    def study_checksums(self, accession: str) -> dict[str, tuple[str, int]] | None: ...
+
+
+class Reporter(Protocol):
+    """Receives the run's events; the CLI renders them. Must be thread-safe."""
+
+    def plan_ready(self, plan: Plan) -> None: ...
+    def batch_started(self, batch: TransferBatch) -> None: ...
+    def progress(self, event: ProgressEvent) -> None: ...
+    def file_done(self, outcome: FileOutcome) -> None: ...
+    def retrying(self, batch: TransferBatch, error: ImmsyncError, delay: float) -> None: ...
+
+
+class NullReporter:
+    def plan_ready(self, plan: Plan) -> None:
+        pass
+
+    def batch_started(self, batch: TransferBatch) -> None:
+        pass
+
+    def progress(self, event: ProgressEvent) -> None:
+        pass
+
+    def file_done(self, outcome: FileOutcome) -> None:
+        pass
+
+    def retrying(self, batch: TransferBatch, error: ImmsyncError, delay: float) -> None:
+        pass
+
+
+@dataclass(frozen=True, slots=True)
+class SyncOptions:
+    jobs: int = 2
+    """Transfer sessions run at once."""
+    prune: bool = False
+    dry_run: bool = False
+    batch_max_files: int = 500
+    batch_max_bytes: int = 20 * 1024**3
+    list_workers: int = 8
+    max_delete: int | None = None
+    """Refuse a prune that would delete more files than this (None: no limit)."""
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+
+
+@dataclass(frozen=True, slots=True)
+class RemoteView:
+    """What the listing found for a manifest."""
+
+    selected: dict[str, RemoteFile]
+    listed: frozenset[str]
+    """Every remote path seen, before include/exclude filters."""
+    failed_roots: tuple[str, ...]
+    """Destination-relative roots that could not be listed: their records are left alone."""
+    problems: tuple[str, ...]
+    notes: tuple[str, ...]
+
+    def is_unlisted(self, path: str) -> bool:
+        return any(path == r or path.startswith(r + "/") for r in self.failed_roots)
+
+
+def survey_remote(manifest: Manifest, catalog: RemoteCatalog, *, workers: int = 8) -> RemoteView:
+    """List every root the manifest names and keep the files its filters select.
+
+    A root that does not exist or cannot be listed becomes a *problem*, not an
+    exception, so that the rest of the manifest still syncs. Refused credentials stop
+    everything (raised), since no other root could succeed either.
+    """
+    selected: dict[str, RemoteFile] = {}
+    listed: set[str] = set()
+    failed: list[str] = []
+    problems: list[str] = []
+    notes: list[str] = []
+
+    def refuse(path: str, reason: str) -> None:
+        problems.append(f"refused remote entry {path!r}: {reason}")
+
+    for study in manifest.studies:
+        checksums = catalog.study_checksums(study.accession)
+        if checksums is None:
+            notes.append(
+                f"{study.accession}: upstream checksums not available; "
+                "files are verified by size and recorded with xxh3_128"
+            )
+        for root in manifest_mod.study_roots(study):
+            relative_root = root.strip("/")
+            try:
+                files = catalog.walk(root, workers=workers, on_unsafe=refuse)
+            except AuthError:
+                raise
+            except RemoteNotFound:
+                failed.append(relative_root)
+                problems.append(f"{relative_root}: not found on ImmPort")
+                continue
+            except (ApiError, UnsafePath) as exc:
+                failed.append(relative_root)
+                problems.append(f"{relative_root}: could not be listed: {exc.message}")
+                continue
+            prefix = study.accession + "/"
+            for remote in files:
+                reason = unsafe_reason(remote.path)
+                if reason is None and not remote.path.startswith(prefix):
+                    reason = f"it is outside the study {study.accession}"
+                if reason is not None:
+                    refuse(remote.path, reason)
+                    continue
+                listed.add(remote.path)
+                if not manifest_mod.selects(study, remote.path[len(prefix) :]):
+                    continue
+                selected[remote.path] = _with_checksum(remote, checksums, notes)
+    return RemoteView(
+        selected=selected,
+        listed=frozenset(listed),
+        failed_roots=tuple(failed),
+        problems=tuple(problems),
+        notes=tuple(notes),
+    )
+
+
+def _with_checksum(
+    remote: RemoteFile, checksums: Mapping[str, tuple[str, int]] | None, notes: list[str]
+) -> RemoteFile:
+    if not checksums or remote.path not in checksums:
+        return remote
+    md5, size = checksums[remote.path]
+    if size != remote.size:
+        # The two endpoints disagree: the MD5 may describe another version of the file.
+        notes.append(
+            f"{remote.path}: the study manifest says {size} bytes but the listing says "
+            f"{remote.size}; its MD5 is not used"
+        )
+        return remote
+    return RemoteFile(remote.path, remote.size, remote.mtime, md5)
+
+
+def observe_local(
+    destination: Path, state: Mapping[str, StateEntry], paths: Iterable[str]
+) -> dict[str, Observed | None]:
+    """Stat each path under *destination*; hash only recorded files whose fingerprint moved."""
+    observed: dict[str, Observed | None] = {}
+    for path in paths:
+        target = destination / path
+        try:
+            st = target.lstat()
+        except (FileNotFoundError, NotADirectoryError):
+            observed[path] = None
+            continue
+        if not _is_regular(st.st_mode):
+            # A directory or symlink where a file belongs is treated as missing: the
+            # fetch replaces it (os.replace swaps a symlink itself, never its target).
+            observed[path] = None
+            continue
+        checksum = None
+        if needs_hash(state.get(path), st.st_size, st.st_mtime_ns):
+            checksum = file_digests(target).checksum
+        observed[path] = Observed(st.st_size, st.st_mtime_ns, checksum)
+    return observed
+
+
+def _is_regular(mode: int) -> bool:
+    import stat
+
+    return stat.S_ISREG(mode)
+
+
+@dataclass(frozen=True, slots=True)
+class Survey:
+    """Everything ``plan`` and ``apply`` learn before acting."""
+
+    plan: Plan
+    remote: RemoteView
+    state: dict[str, StateEntry]
+    observed: dict[str, Observed | None]
+
+
+def survey(
+    manifest: Manifest, catalog: RemoteCatalog, store: StateStore, *, list_workers: int = 8
+) -> Survey:
+    """Gather the facts and make the plan (reads, never writes)."""
+    remote = survey_remote(manifest, catalog, workers=list_workers)
+    recorded = store.entries()
+    # Records below a folder we could not list are left out of the plan entirely:
+    # we know nothing about them, so neither fetching nor deleting them is justified.
+    state = {p: e for p, e in recorded.items() if not remote.is_unlisted(p)}
+    observed = observe_local(manifest.destination, state, remote.selected.keys() | state.keys())
+    plan = make_plan(remote.selected, state, observed, listed=remote.listed, notes=remote.notes)
+    return Survey(plan=plan, remote=remote, state=state, observed=observed)
+
+
+def make_batches(
+    items: Sequence[PlanItem], *, max_files: int, max_bytes: int
+) -> Iterator[list[PlanItem]]:
+    """Group items into transfer sessions bounded by file count and by bytes.
+
+    Files are taken in path order so that one folder tends to travel together; a file
+    larger than *max_bytes* gets a session of its own.
+    """
+    batch: list[PlanItem] = []
+    batch_bytes = 0
+    for item in items:
+        if batch and (len(batch) >= max_files or batch_bytes + item.size > max_bytes):
+            yield batch
+            batch, batch_bytes = [], 0
+        batch.append(item)
+        batch_bytes += item.size
+    if batch:
+        yield batch
+
+
+class Applier:
+    """Carries out a plan. One instance per run; ``run`` may be called once."""
+
+    def __init__(
+        self,
+        manifest: Manifest,
+        store: StateStore,
+        transfer: Transfer,
+        *,
+        options: SyncOptions,
+        reporter: Reporter | None = None,
+        cancel: threading.Event | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.monotonic,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.manifest = manifest
+        self.destination = manifest.destination
+        self.store = store
+        self.transfer = transfer
+        self.options = options
+        self.reporter: Reporter = reporter or NullReporter()
+        self.cancel = cancel or threading.Event()
+        self._sleep = sleep
+        self._clock = clock
+        self._rng = rng or random.Random()
+        self._lock = threading.Lock()
+        self.staging = self.destination / STATE_DIRNAME / STAGING_DIRNAME
+
+    def run(self, found: Survey) -> Report:
+        started = self._clock()
+        plan = found.plan
+        report = Report(plan=plan, dry_run=self.options.dry_run)
+        self.reporter.plan_ready(plan)
+        if self.options.dry_run:
+            return report
+        deletions = plan.to_delete if self.options.prune else ()
+        self._check_delete_guard(deletions, len(found.state))
+        self._refresh_fingerprints(plan, found)
+        fetches = plan.to_fetch
+        if fetches:
+            self._fetch_all(fetches, report)
+        if deletions and not self.cancel.is_set():
+            self._delete(deletions, report)
+        self._tidy_staging(keep={o.path for o in report.failures})
+        report.elapsed = self._clock() - started
+        return report
+
+    def _check_delete_guard(self, deletions: Sequence[PlanItem], recorded: int) -> None:
+        limit = self.options.max_delete
+        if limit is not None and len(deletions) > limit:
+            raise UsageError(
+                f"--prune would delete {len(deletions)} of {recorded} recorded files, "
+                f"more than the limit of {limit}; nothing was changed",
+                hint="check the manifest (a truncated manifest looks like this); if the "
+                "deletions are intended, raise --max-delete",
+            )
+
+    def _refresh_fingerprints(self, plan: Plan, found: Survey) -> None:
+        """Re-record files whose timestamp moved but whose content hashed the same."""
+        refreshed = []
+        for item in plan.items:
+            if item.action is not Action.UNCHANGED:
+                continue
+            entry = found.state.get(item.path)
+            local = found.observed.get(item.path)
+            if entry and local and (local.size, local.mtime_ns) != (entry.size, entry.mtime_ns):
+                refreshed.append(
+                    StateEntry(
+                        entry.path,
+                        local.size,
+                        local.mtime_ns,
+                        entry.checksum,
+                        entry.remote_size,
+                        entry.remote_mtime,
+                        entry.remote_md5,
+                    )
+                )
+        with self._lock:
+            self.store.record(refreshed)
+
+    # -- transfers --------------------------------------------------------------------
+
+    def _fetch_all(self, items: Sequence[PlanItem], report: Report) -> None:
+        batches = list(
+            make_batches(
+                items,
+                max_files=self.options.batch_max_files,
+                max_bytes=self.options.batch_max_bytes,
+            )
+        )
+        total = len(batches)
+        jobs = max(1, min(self.options.jobs, total))
+        with ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="immsync-transfer") as pool:
+            futures = [
+                pool.submit(self._run_batch, batch, f"batch {n}/{total}", report)
+                for n, batch in enumerate(batches, 1)
+            ]
+            for future in futures:
+                future.result()
+
+    def _run_batch(self, items: list[PlanItem], label: str, report: Report) -> None:
+        pending = {item.path: item for item in items}
+        backoff = delays(self.options.retry, self._rng)
+        checksum_retries: set[str] = set()
+        attempt = 0
+        while pending and not self.cancel.is_set():
+            attempt += 1
+            files = tuple(item.remote for item in pending.values() if item.remote is not None)
+            batch = TransferBatch(files=files, staging=self.staging, label=label)
+            self.reporter.batch_started(batch)
+            error: TransferError | None = None
+            with self._lock:
+                report.sessions += 1
+            try:
+                self.transfer.fetch(batch, self.reporter.progress)
+            except TransferError as exc:
+                error = exc
+            # Whatever arrived complete is verified and kept, even if the session failed.
+            for path in list(pending):
+                result = self._collect(pending[path], report, checksum_retries)
+                if result is not None:
+                    del pending[path]
+            if not pending or self.cancel.is_set():
+                break
+            retry_error: ImmsyncError
+            if error is None:
+                retry_error = TransferError(
+                    f"the transfer reported success but {len(pending)} file(s) did not arrive "
+                    "complete",
+                    kind="transient",
+                )
+            else:
+                retry_error = error
+            retryable = isinstance(retry_error, TransferError) and retry_error.kind in (
+                "transient",
+                "token",
+                "checksum",
+            )
+            delay = next(backoff, None) if retryable else None
+            if delay is None or attempt >= self.options.retry.attempts:
+                for item in pending.values():
+                    self._fail(item, report, _failure_text(retry_error))
+                return
+            self.reporter.retrying(batch, retry_error, delay)
+            log.warning(
+                "%s: retrying %d file(s) in %.1f s after: %s",
+                label,
+                len(pending),
+                delay,
+                retry_error.message,
+            )
+            self._sleep(delay)
+
+    def _collect(
+        self, item: PlanItem, report: Report, checksum_retries: set[str]
+    ) -> FileOutcome | None:
+        """Verify, place and record one staged file; None if it has not arrived complete."""
+        remote = item.remote
+        assert remote is not None
+        staged = self.staging / remote.path
+        try:
+            st = staged.lstat()
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        if not _is_regular(st.st_mode):
+            return self._fail(item, report, f"the transfer left a non-file at {staged}")
+        if st.st_size < remote.size:
+            return None  # partial: kept in staging so the next attempt resumes it
+        try:
+            outcome = self._verify_and_place(item, remote, staged)
+        except ChecksumMismatch as exc:
+            staged.unlink(missing_ok=True)
+            if remote.path not in checksum_retries:
+                checksum_retries.add(remote.path)
+                log.warning("%s; fetching it once more", exc.message)
+                return None
+            return self._fail(item, report, exc.message)
+        except (LocalIOError, UnsafePath) as exc:
+            return self._fail(item, report, exc.message)
+        with self._lock:
+            report.outcomes.append(outcome)
+        self.reporter.file_done(outcome)
+        return outcome
+
+    def _verify_and_place(self, item: PlanItem, remote: RemoteFile, staged: Path) -> FileOutcome:
+        digests = file_digests(staged, md5=remote.md5 is not None)
+        if digests.size != remote.size:
+            raise ChecksumMismatch(
+                f"{remote.path}: size mismatch: expected {remote.size} bytes, "
+                f"received {digests.size}; the download was deleted"
+            )
+        if remote.md5 is not None and digests.md5 != remote.md5:
+            raise ChecksumMismatch(
+                f"{remote.path}: MD5 mismatch: expected {remote.md5}, got {digests.md5}; "
+                "the download was deleted"
+            )
+        final = resolve_inside(self.destination, remote.path)
+        try:
+            _fsync_file(staged)
+            final.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(staged, final)
+            st = final.stat()
+        except OSError as exc:
+            raise LocalIOError(
+                f"{remote.path}: cannot place the verified file at {final}: "
+                f"{exc.strerror or exc}"
+            ) from exc
+        entry = StateEntry(
+            path=remote.path,
+            size=st.st_size,
+            mtime_ns=st.st_mtime_ns,
+            checksum=digests.checksum,
+            remote_size=remote.size,
+            remote_mtime=remote.mtime,
+            remote_md5=remote.md5,
+        )
+        with self._lock:
+            self.store.record([entry])
+        return FileOutcome(remote.path, item.action, ok=True, size=remote.size)
+
+    def _fail(self, item: PlanItem, report: Report, error: str) -> FileOutcome:
+        outcome = FileOutcome(item.path, item.action, ok=False, size=item.size, error=error)
+        with self._lock:
+            report.outcomes.append(outcome)
+        self.reporter.file_done(outcome)
+        return outcome
+
+    # -- deletions and tidying --------------------------------------------------------
+
+    def _delete(self, items: Sequence[PlanItem], report: Report) -> None:
+        for item in items:
+            target = resolve_inside(self.destination, item.path)
+            try:
+                target.unlink(missing_ok=True)
+            except OSError as exc:
+                self._fail(item, report, f"cannot delete {target}: {exc.strerror or exc}")
+                continue
+            with self._lock:
+                self.store.forget([item.path])
+            _remove_empty_parents(target.parent, stop=self.destination)
+            outcome = FileOutcome(item.path, Action.DELETE, ok=True, size=item.size)
+            with self._lock:
+                report.outcomes.append(outcome)
+            self.reporter.file_done(outcome)
+
+    def _tidy_staging(self, keep: set[str]) -> None:
+        """Drop staged leftovers nobody will resume; keep partials of failed files."""
+        if not self.staging.is_dir():
+            return
+        if self.cancel.is_set():
+            return  # an interrupted run keeps everything for the next one to resume
+        for dirpath, _dirnames, filenames in os.walk(self.staging, topdown=False):
+            here = Path(dirpath)
+            for name in filenames:
+                relative = (here / name).relative_to(self.staging).as_posix()
+                if not any(relative.startswith(k) for k in keep):
+                    (here / name).unlink(missing_ok=True)
+            if here != self.staging:
+                try:
+                    here.rmdir()
+                except OSError:
+                    pass  # not empty: it holds a kept partial
+
+
+def _failure_text(error: ImmsyncError) -> str:
+    return error.message
+
+
+def _fsync_file(path: Path) -> None:
+    # The rename must never publish a file whose bytes are still only in the page
+    # cache: after a power cut the name could survive and the content not.
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _remove_empty_parents(folder: Path, *, stop: Path) -> None:
+    while folder != stop and stop in folder.parents:
+        try:
+            folder.rmdir()
+        except OSError:
+            return
+        folder = folder.parent
+
+
+def staging_dir(destination: Path) -> Path:
+    return destination / STATE_DIRNAME / STAGING_DIRNAME
+
+
+def clear_dir(path: Path) -> None:
+    shutil.rmtree(path, ignore_errors=True)

@@ -1,0 +1,110 @@
+"""Shared fixtures: a complete offline world of emulator, stand-in ascp and CLI runner."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from typer.testing import CliRunner
+
+from immsync.cli import app
+from immsync.testing.aspera_config import FakeAsperaConfig
+from immsync.testing.emulator import Emulator
+from immsync.testing.fake_ascp import FakeAsperaInstall, install_fake_ascp
+from immsync.testing.sampledata import build_sample_tree
+
+PASSWORD = "s3cret-Pa55word"  # noqa: S105 - the emulator's test account
+
+
+@dataclass
+class CliResult:
+    exit_code: int
+    stdout: str
+    stderr: str
+
+    @property
+    def output(self) -> str:
+        return self.stdout + self.stderr
+
+    def json(self) -> Any:
+        return json.loads(self.stdout)
+
+
+@dataclass
+class World:
+    """A temporary ImmPort (emulator + stand-in ascp) and a manifest folder."""
+
+    root: Path
+    remote: Path
+    emulator: Emulator
+    config_path: Path
+    aspera: FakeAsperaInstall
+    env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def dest(self) -> Path:
+        return self.root / "data"
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.root / "manifest.yaml"
+
+    def write_manifest(self, studies: str) -> Path:
+        self.manifest_path.write_text(f"version: 1\ndestination: data\nstudies:\n{studies}")
+        return self.manifest_path
+
+    def run(self, *args: str, input: str | None = None) -> CliResult:
+        result = CliRunner().invoke(app, list(args), env=self.env, input=input)
+        if result.exception and not isinstance(result.exception, SystemExit):
+            raise result.exception
+        return CliResult(result.exit_code, result.stdout, result.stderr)
+
+    def apply(self, *extra: str) -> CliResult:
+        return self.run("apply", str(self.manifest_path), *extra)
+
+    def sessions(self) -> list[dict[str, Any]]:
+        log = self.root / "sessions.jsonl"
+        if not log.exists():
+            return []
+        return [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+
+    def configure_aspera(self, **changes: Any) -> None:
+        config = FakeAsperaConfig.load(self.config_path)
+        for key, value in changes.items():
+            setattr(config, key, value)
+        config.save(self.config_path)
+
+    def local_files(self) -> list[str]:
+        return sorted(
+            p.relative_to(self.dest).as_posix()
+            for p in self.dest.rglob("*")
+            if p.is_file() and ".immsync" not in p.relative_to(self.dest).parts
+        )
+
+
+@pytest.fixture(name="world")
+def _world(tmp_path: Path) -> Any:
+    remote = tmp_path / "immport"
+    build_sample_tree(remote)
+    root = tmp_path / "project"
+    root.mkdir()
+    with Emulator(remote, username="alice", password=PASSWORD) as emulator:
+        config = emulator.write_aspera_config(
+            tmp_path / "aspera.json", session_log=str(root / "sessions.jsonl")
+        )
+        aspera = install_fake_ascp(tmp_path / "aspera-cli", config)
+        env = {
+            "IMMPORT_USERNAME": "alice",
+            "IMMPORT_PASSWORD": PASSWORD,
+            "IMMPORT_TOKEN": "",
+            "IMMPORT_TOKEN_URL": emulator.token_url,
+            "IMMPORT_DATA_API_BASE_URL": emulator.data_url,
+            "IMMSYNC_ASCP": str(aspera.ascp),
+            "IMMSYNC_ASPERA_KEY": "",
+            "PATH": os.environ.get("PATH", ""),
+        }
+        yield World(root, remote, emulator, config, aspera, env)

@@ -1,0 +1,279 @@
+"""`immsync apply` end to end: real HTTP to the emulator, real stand-in ascp processes."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+from conftest import PASSWORD, World
+
+from immsync.errors import ExitCode
+from immsync.hashing import file_checksum
+from immsync.state import StateStore, state_path
+from immsync.testing.sampledata import write_file
+
+FLOW = "SDY1/ResultFiles/Flow_cytometry_result"
+FCS = f"{FLOW}/02054141.001.52628.fcs"
+
+SDY1_FLOW_AND_STUDY = """\
+  - accession: SDY1
+    paths:
+      - ResultFiles/Flow_cytometry_result
+      - StudyFiles/Study_design.txt
+"""
+
+
+def remote_files(world: World, prefix: str) -> list[str]:
+    base = world.remote / prefix
+    return sorted(p.relative_to(world.remote).as_posix() for p in base.rglob("*") if p.is_file())
+
+
+def recorded(world: World) -> dict:
+    with StateStore.open(state_path(world.dest), create=False) as store:
+        return store.entries()
+
+
+def replace_upstream(world: World, path: str, data: bytes) -> None:
+    # A later mtime, as a new upload upstream would have.
+    write_file(world.remote, path, data, mtime=time.time())
+
+
+class TestFirstSync:
+    def test_fetches_exactly_the_selection_and_records_it(self, world: World):
+        """Every selected file lands at dest/<path>, byte-identical, recorded with its xxh3."""
+        world.write_manifest(SDY1_FLOW_AND_STUDY)
+        result = world.apply()
+        assert result.exit_code == 0, result.output
+        expected = [*remote_files(world, FLOW), "SDY1/StudyFiles/Study_design.txt"]
+        assert world.local_files() == sorted(expected)
+        entries = recorded(world)
+        assert sorted(entries) == sorted(expected)
+        for path in expected:
+            assert (world.dest / path).read_bytes() == (world.remote / path).read_bytes()
+            assert entries[path].checksum == file_checksum(world.dest / path)
+        assert "downloaded" in result.stderr + result.stdout
+
+    def test_many_files_travel_in_one_session(self, world: World):
+        """The whole selection moves in a single ascp session with a single token."""
+        world.write_manifest("  - accession: SDY1\n")
+        assert world.apply("--jobs", "1").exit_code == 0
+        assert len(world.sessions()) == 1
+        assert world.emulator.count("/data/download/token") == 1
+
+    def test_whole_study_and_filters(self, world: World):
+        """No paths means the whole study; include/exclude filter below it."""
+        world.write_manifest(
+            "  - accession: SDY1\n    include: ['*.fcs', '*.txt']\n    exclude: ['hai_*']\n"
+        )
+        assert world.apply().exit_code == 0
+        wanted = [
+            p
+            for p in remote_files(world, "SDY1")
+            if (p.endswith((".fcs", ".txt"))) and not p.rsplit("/", 1)[-1].startswith("hai_")
+        ]
+        assert world.local_files() == wanted
+
+    def test_no_staging_leftovers(self, world: World):
+        """After a clean run the staging area is empty."""
+        world.write_manifest(SDY1_FLOW_AND_STUDY)
+        assert world.apply().exit_code == 0
+        staging = world.dest / ".immsync" / "staging"
+        assert not staging.exists() or not any(p.is_file() for p in staging.rglob("*"))
+
+    def test_json_output(self, world: World):
+        """--json prints one document with the plan and the result counts."""
+        world.write_manifest(SDY1_FLOW_AND_STUDY)
+        result = world.apply("--json")
+        assert result.exit_code == 0, result.output
+        doc = result.json()
+        n = len(remote_files(world, FLOW)) + 1
+        assert doc["plan"]["summary"] == {
+            "download": n, "update": 0, "repair": 0, "delete": 0, "unchanged": 0
+        }
+        assert doc["result"]["counts"]["download"] == n
+        assert doc["result"]["failures"] == []
+
+
+class TestRerun:
+    def test_noop_rerun_starts_no_session(self, world: World):
+        """A second apply with nothing changed starts no ascp and asks for no token."""
+        world.write_manifest(SDY1_FLOW_AND_STUDY)
+        assert world.apply().exit_code == 0
+        sessions = len(world.sessions())
+        tokens = world.emulator.count("/data/download/token")
+        result = world.apply("--json")
+        assert result.exit_code == 0
+        assert len(world.sessions()) == sessions
+        assert world.emulator.count("/data/download/token") == tokens
+        assert result.json()["result"]["counts"]["download"] == 0
+
+    def test_noop_plan_says_nothing_to_do(self, world: World):
+        """plan after a sync lists no actions and counts everything unchanged."""
+        world.write_manifest(SDY1_FLOW_AND_STUDY)
+        world.apply()
+        doc = world.run("plan", str(world.manifest_path), "--json").json()
+        assert doc["actions"] == []
+        assert doc["summary"]["unchanged"] == len(remote_files(world, FLOW)) + 1
+
+    def test_file_replaced_upstream_is_fetched_again(self, world: World):
+        """A file changed upstream is planned as update and fetched; others are not."""
+        world.write_manifest(SDY1_FLOW_AND_STUDY)
+        world.apply()
+        replace_upstream(world, FCS, b"new content upstream" * 100)
+        plan = world.run("plan", str(world.manifest_path), "--json").json()
+        assert [(a["action"], a["path"]) for a in plan["actions"]] == [("update", FCS)]
+        assert plan["actions"][0]["reason"].startswith("changed upstream: size")
+        result = world.apply("--json")
+        assert result.exit_code == 0, result.output
+        assert result.json()["result"]["counts"]["update"] == 1
+        assert (world.dest / FCS).read_bytes() == b"new content upstream" * 100
+        assert world.sessions()[-1]["sources"] == ["/" + FCS]
+
+    def test_deleted_and_corrupted_files_are_named_by_verify_then_repaired(self, world: World):
+        """verify names a deleted and a corrupted file; apply repairs both."""
+        world.write_manifest(SDY1_FLOW_AND_STUDY)
+        world.apply()
+        gone = "SDY1/StudyFiles/Study_design.txt"
+        (world.dest / gone).unlink()
+        target = world.dest / FCS
+        data = bytearray(target.read_bytes())
+        data[10] ^= 0xFF
+        target.write_bytes(bytes(data))
+        result = world.run("verify", str(world.manifest_path))
+        assert result.exit_code == ExitCode.INTEGRITY
+        assert f"missing   {gone}" in result.stderr
+        assert f"modified  {FCS}" in result.stderr
+        status = world.run("status", str(world.manifest_path), "--json").json()
+        states = {f["path"]: f["state"] for f in status["files"]}
+        assert states[gone] == "missing"
+        assert states[FCS] == "modified"
+        plan = world.run("plan", str(world.manifest_path), "--json").json()
+        assert sorted((a["action"], a["path"]) for a in plan["actions"]) == [
+            ("repair", FCS), ("repair", gone)
+        ]
+        assert world.apply().exit_code == 0
+        assert world.run("verify", str(world.manifest_path)).exit_code == 0
+        assert target.read_bytes() == (world.remote / FCS).read_bytes()
+
+    def test_touched_file_is_not_refetched(self, world: World):
+        """A file whose mtime changed but content did not is re-recorded, not fetched."""
+        world.write_manifest(SDY1_FLOW_AND_STUDY)
+        world.apply()
+        os.utime(world.dest / FCS, (1, 1))
+        sessions = len(world.sessions())
+        assert world.apply().exit_code == 0
+        assert len(world.sessions()) == sessions
+        assert recorded(world)[FCS].mtime_ns == 1_000_000_000
+
+
+class TestPrune:
+    def test_prune_deletes_only_recorded_files(self, world: World):
+        """--prune removes deselected recorded files and keeps the user's own files."""
+        world.write_manifest(SDY1_FLOW_AND_STUDY)
+        world.apply()
+        mine = world.dest / "SDY1" / "ResultFiles" / "my-notes.txt"
+        mine.write_text("mine")
+        world.write_manifest(
+            "  - accession: SDY1\n    paths:\n      - StudyFiles/Study_design.txt\n"
+        )
+        plan = world.run("plan", str(world.manifest_path), "--json").json()
+        assert {a["action"] for a in plan["actions"]} == {"delete"}
+        without = world.apply()
+        assert without.exit_code == 0
+        assert (world.dest / FCS).exists()  # not deleted without --prune
+        result = world.apply("--prune")
+        assert result.exit_code == 0, result.output
+        assert not (world.dest / FCS).exists()
+        assert mine.read_text() == "mine"
+        assert sorted(recorded(world)) == ["SDY1/StudyFiles/Study_design.txt"]
+
+    def test_max_delete_guard(self, world: World):
+        """A prune deleting more than --max-delete changes nothing and says why."""
+        world.write_manifest(SDY1_FLOW_AND_STUDY)
+        world.apply()
+        world.write_manifest("  - accession: SDY269\n")
+        result = world.apply("--prune", "--max-delete", "1")
+        assert result.exit_code == ExitCode.USAGE
+        assert "more than the limit of 1; nothing was changed" in result.stderr
+        assert (world.dest / FCS).exists()
+
+
+class TestFailures:
+    def test_one_failed_file_leaves_the_others_recorded(self, world: World):
+        """An ascp failure for one file keeps and records every other file, exit 5."""
+        world.write_manifest(SDY1_FLOW_AND_STUDY)
+        world.configure_aspera(faults=[{"kind": "partial", "path": "/" + FCS, "times": 99}])
+        result = world.apply()
+        assert result.exit_code == ExitCode.TRANSFER
+        assert FCS in result.stderr
+        assert "every other file was kept and recorded" in result.stderr
+        entries = recorded(world)
+        assert FCS not in entries
+        assert len(entries) == len(remote_files(world, FLOW))  # the rest, incl. Study_design
+        world.configure_aspera(faults=[])
+        assert world.apply().exit_code == 0
+        assert FCS in recorded(world)
+
+    def test_missing_remote_path_is_named(self, world: World):
+        """A manifest path absent upstream is named; the rest still syncs; exit 4."""
+        world.write_manifest(
+            "  - accession: SDY1\n    paths:\n      - StudyFiles/Study_design.txt\n"
+            "      - ResultFiles/No_such_result\n"
+        )
+        result = world.apply()
+        assert result.exit_code == ExitCode.REMOTE
+        assert "SDY1/ResultFiles/No_such_result: not found on ImmPort" in result.stderr
+        assert world.local_files() == ["SDY1/StudyFiles/Study_design.txt"]
+
+    def test_bad_credentials(self, world: World):
+        """Wrong password: exit 3, a message naming the variables, no traceback."""
+        world.write_manifest(SDY1_FLOW_AND_STUDY)
+        world.env["IMMPORT_PASSWORD"] = "wrong"  # noqa: S105
+        result = world.apply()
+        assert result.exit_code == ExitCode.AUTH
+        assert "IMMPORT_PASSWORD" in result.stderr
+        assert "Traceback" not in result.output
+
+    def test_missing_ascp_is_a_setup_error(self, world: World, tmp_path: Path):
+        """No ascp anywhere: exit 8 naming IMMSYNC_ASCP; nothing recorded."""
+        world.write_manifest(SDY1_FLOW_AND_STUDY)
+        world.env["IMMSYNC_ASCP"] = str(tmp_path / "nowhere" / "ascp")
+        world.env["HOME"] = str(tmp_path / "empty-home")
+        world.env["PATH"] = str(tmp_path / "empty-bin")
+        result = world.apply()
+        assert result.exit_code == ExitCode.SETUP
+        assert "IMMSYNC_ASCP" in result.stderr
+
+    def test_dry_run_changes_nothing(self, world: World):
+        """--dry-run plans and prints but writes no file and no state."""
+        world.write_manifest(SDY1_FLOW_AND_STUDY)
+        result = world.apply("--dry-run")
+        assert result.exit_code == 0
+        assert "to download" in result.stdout
+        assert not world.dest.exists()
+        assert world.sessions() == []
+
+
+class TestSecrets:
+    def test_credentials_and_tokens_never_leak(self, world: World):
+        """No password, bearer or Aspera token in any ascp argv, output or state file."""
+        world.write_manifest(SDY1_FLOW_AND_STUDY)
+        outputs = [world.apply("--json"), world.run("-vv", "apply", str(world.manifest_path))]
+        replace_upstream(world, FCS, b"changed")
+        outputs.append(world.run("-vv", "apply", str(world.manifest_path)))
+        secrets = [PASSWORD, *world.emulator.issued_tokens()]
+        sessions = world.sessions()
+        assert sessions, "expected ascp sessions"
+        for session in sessions:
+            assert session["token_source"] == "env"
+            for secret in secrets:
+                assert all(secret not in arg for arg in session["argv"])
+        for out in outputs:
+            for secret in secrets:
+                assert secret not in out.output
+        state_bytes = b"".join(
+            p.read_bytes() for p in (world.dest / ".immsync").rglob("*") if p.is_file()
+        )
+        for secret in secrets:
+            assert secret.encode() not in state_bytes
