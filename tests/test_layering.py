@@ -1,0 +1,74 @@
+"""Dependencies point one way: the import graph of immsync matches the design."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parents[1] / "immsync"
+
+# module -> the immsync modules it may import. Anything not listed imports nothing of ours.
+ALLOWED = {
+    "errors": set(),
+    "model": set(),
+    "hashing": set(),
+    "paths": {"errors"},
+    "retry": set(),
+    "plan": {"model"},
+    "manifest": {"errors", "model", "paths"},
+    "state": {"errors", "model"},
+    "lock": {"errors"},
+    "check": {"hashing", "model"},
+    "immport": {"errors", "model", "paths", "retry"},
+    "ascp": {"errors", "model"},
+    "sync": {"errors", "model", "manifest", "hashing", "paths", "plan", "retry", "state"},
+    "render": {"check", "errors", "model"},
+    "cli": {
+        "ascp", "check", "errors", "immport", "lock", "manifest", "model", "render",
+        "state", "sync", "__init__",
+    },
+    "__init__": {"errors", "manifest", "model", "plan"},
+    "__main__": {"cli"},
+}
+
+
+def immsync_imports(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text())
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom):
+            module = node.module or ""
+            if node.level == 0 and not module.startswith("immsync"):
+                continue
+            if node.level == 0:
+                module = module.removeprefix("immsync").removeprefix(".")
+            if module:
+                found.add(module.split(".")[0])
+            else:
+                # `from . import x` / `from immsync import x`: x is a module or a name in __init__
+                for alias in node.names:
+                    is_module = (PACKAGE / f"{alias.name}.py").exists()
+                    found.add(alias.name if is_module else "__init__")
+        elif isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.name.startswith("immsync."):
+                    found.add(alias.name.split(".")[1])
+    return found
+
+
+def test_every_module_imports_only_what_the_design_allows():
+    """No module reaches past its layer (e.g. immport never imports ascp, plan only model)."""
+    for path in sorted(PACKAGE.glob("*.py")):
+        name = path.stem
+        assert name in ALLOWED, f"{name}.py is new: add it to ALLOWED in this test"
+        extra = immsync_imports(path) - ALLOWED[name] - ({"__init__"} if name == "cli" else set())
+        assert not extra, f"{name}.py imports {sorted(extra)}, which its layer does not allow"
+
+
+def test_only_the_cli_imports_typer():
+    """The library never imports typer or click; the CLI never imports click."""
+    for path in PACKAGE.rglob("*.py"):
+        source = path.read_text()
+        assert "import click" not in source and "from click" not in source, path
+        if path.name != "cli.py":
+            assert "import typer" not in source, path
