@@ -1,0 +1,893 @@
+"""An ImmPort API emulator: a real HTTP server on 127.0.0.1 serving a local folder.
+
+It speaks the endpoints immsync uses, with the reply shapes the reference documents
+(``/work/shared/reference/immport-and-ascp.md`` §1): ``POST /auth/token`` (Jackson
+pretty-printed), ``POST /data/list``, ``POST /data/download/token`` (Aspera tokens the
+stand-in ``ascp`` accepts), ``GET /data/query/api/study/manifest/{SDY}``, and the
+DRS ``GET /data/query/drs/download/{s3|stream}/{fileUUID}`` with the presigned URL it
+hands out. Where the real service is not known precisely it accepts every plausible
+client variant (``bearer``/``Bearer``, paths with or without slashes, ``paths`` as a
+string or a list).
+
+Tests drive it over real sockets and bend it with ``inject`` (faults), ``latency``,
+``token_reply_keys``, ``manifest_available``, ``md5_overrides``, ``listing_overrides``
+and ``expire_bearer_tokens``; ``requests_log`` records what clients sent (never a
+password). Standard library only, so it also runs as a program:
+``python -m immsync.testing.emulator --docroot DIR``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import hmac
+import json
+import logging
+import os
+import secrets
+import signal
+import socket
+import sys
+import threading
+import time
+import uuid
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from types import FrameType, TracebackType
+from typing import Any, ClassVar
+from urllib.parse import parse_qs, quote, urlsplit
+
+from immsync.testing import aspera_tokens
+from immsync.testing.aspera_config import FakeAsperaConfig
+
+log = logging.getLogger(__name__)
+
+_MAX_REQUEST_BODY = 1 << 20
+_UUID_NAMESPACE = uuid.UUID("6f1f3c52-8a0e-4c4e-9d57-2f0b3c1d2e4f")
+_FILE_TYPES = ("study_file", "result_file", "protocol_file", "archive_file")
+
+
+@dataclass(frozen=True, slots=True)
+class RecordedRequest:
+    """One request as the emulator received it (form bodies are never kept)."""
+
+    method: str
+    path: str
+    """The URL path, without the query string."""
+    json_body: Any | None
+    """The parsed JSON body, or None when there was none or it was not JSON."""
+
+
+@dataclass(slots=True)
+class _Fault:
+    route: str
+    status: int
+    remaining: int
+    body: dict[str, Any] | str | None
+    retry_after: float | None
+    delay: float
+    drop_connection: bool
+
+
+class _HttpError(Exception):
+    """Raised inside a route to answer with an error reply."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        body: dict[str, Any] | None = None,
+        headers: dict[str, str] | None = None,
+        pretty: bool = False,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.body = body
+        self.headers = headers or {}
+        self.pretty = pretty
+
+
+@dataclass(slots=True)
+class _Reply:
+    status: int
+    body: bytes
+    content_type: str = "application/json;charset=UTF-8"
+    headers: dict[str, str] | None = None
+
+
+def _compact(doc: Any) -> bytes:
+    return json.dumps(doc, separators=(",", ":")).encode("utf-8")
+
+
+def jackson(doc: Any) -> bytes:
+    """JSON as Jackson's default pretty printer writes it: ``"key" : value``, 2-space indent.
+
+    Old ImmPort clients find the token with ``sed 's/"token" : "//'``, so the spacing
+    is part of the interface.
+    """
+    return json.dumps(doc, indent=2, separators=(",", " : ")).encode("utf-8")
+
+
+def _iso(stamp: float) -> str:
+    return datetime.fromtimestamp(int(stamp), UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _spring_time() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "+00:00"
+
+
+def _phrase(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return "Error"
+
+
+def _normalise(raw: str) -> str:
+    """``SDY1/x/`` -> ``/SDY1/x``; refuses ``..``, ``.`` and NUL (400)."""
+    if "\x00" in raw:
+        raise _HttpError(400, "Path contains a NUL character")
+    parts = [p for p in raw.replace("\\", "/").split("/") if p]
+    if any(p in (".", "..") for p in parts):
+        raise _HttpError(400, f"Invalid path {raw!r}: relative segments are not allowed")
+    return "/" + "/".join(parts)
+
+
+class Emulator:
+    """ImmPort's auth and data API over real HTTP, serving the files under *docroot*.
+
+    Use as a context manager (``with Emulator(root) as emu:``) or call ``start`` and
+    ``stop``. Attributes tests may change at any time: ``token_reply_keys``,
+    ``manifest_available``, ``md5_overrides`` (path -> md5 reported instead),
+    ``listing_overrides`` (normalised path such as ``/SDY1`` -> raw ``items`` to
+    reply with), ``latency`` (seconds added to every reply).
+    """
+
+    def __init__(
+        self,
+        docroot: Path,
+        *,
+        username: str = "demo",
+        password: str = "demo-password",  # noqa: S107 - the emulator's documented demo account
+        host: str = "127.0.0.1",
+        port: int = 0,
+        aspera_token_lifetime: float = 86400.0,
+        bearer_lifetime: float = 3600.0,
+    ) -> None:
+        self.docroot = Path(docroot)
+        self.username = username
+        self._password = password
+        self.host = host
+        self._requested_port = port
+        self.aspera_token_lifetime = aspera_token_lifetime
+        self.bearer_lifetime = bearer_lifetime
+        self.aspera_secret = secrets.token_hex(32)
+        self.token_reply_keys: tuple[str, ...] = ("token", "access_token")
+        self.manifest_available = True
+        self.md5_overrides: dict[str, str] = {}
+        self.listing_overrides: dict[str, list[dict[str, Any]]] = {}
+        self.latency = 0.0
+        self.requests_log: list[RecordedRequest] = []
+        self._lock = threading.Lock()
+        self._bearer: dict[str, float] = {}
+        self._issued: list[str] = []
+        self._faults: list[_Fault] = []
+        self._md5_cache: dict[tuple[str, int, int], str] = {}
+        self._connections: set[socket.socket] = set()
+        self._bound_port: int | None = None
+        self._server: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+
+    def __repr__(self) -> str:
+        state = self.base_url if self._server else "stopped"
+        return f"Emulator(docroot={str(self.docroot)!r}, {state})"
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    def start(self) -> Emulator:
+        """Bind and serve in a daemon thread; returns self. Idempotent."""
+        if self._server is not None:
+            return self
+        handler = type("BoundHandler", (_Handler,), {"emulator": self})
+        server_cls = _Server6 if ":" in self.host else _Server
+        self._server = server_cls((self.host, self._requested_port), handler)
+        self._bound_port = int(self._server.server_address[1])
+        self._thread = threading.Thread(
+            target=self._server.serve_forever,
+            kwargs={"poll_interval": 0.02},
+            name=f"immport-emulator:{self.port}",
+            daemon=True,
+        )
+        self._thread.start()
+        log.debug("emulator serving %s at %s", self.docroot, self.base_url)
+        return self
+
+    def stop(self) -> None:
+        """Stop serving and close the socket. Idempotent."""
+        server, self._server = self._server, None
+        if server is None:
+            return
+        server.shutdown()
+        server.server_close()
+        # Kept-alive connections would otherwise go on being served by their threads.
+        with self._lock:
+            connections, self._connections = set(self._connections), set()
+        for connection in connections:
+            with contextlib.suppress(OSError):
+                connection.shutdown(socket.SHUT_RDWR)
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            self._thread = None
+
+    def __enter__(self) -> Emulator:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    # -- addresses -------------------------------------------------------------------
+
+    @property
+    def port(self) -> int:
+        """The bound port; it stays known after ``stop`` so URLs can name a dead server."""
+        if self._bound_port is None:
+            raise RuntimeError("the emulator has not been started; call start() first")
+        return self._bound_port
+
+    @property
+    def base_url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
+    @property
+    def token_url(self) -> str:
+        return self.base_url + "/auth/token"
+
+    @property
+    def data_url(self) -> str:
+        return self.base_url + "/data"
+
+    @property
+    def query_url(self) -> str:
+        return self.base_url + "/data/query"
+
+    # -- test controls ---------------------------------------------------------------
+
+    def inject(
+        self,
+        route: str,
+        *,
+        status: int,
+        times: int = 1,
+        body: dict[str, Any] | str | None = None,
+        retry_after: float | None = None,
+        delay: float = 0.0,
+        drop_connection: bool = False,
+    ) -> None:
+        """Make the next *times* requests whose path starts with *route* fail.
+
+        Args:
+            route: URL path prefix, e.g. ``"/data/list"`` or ``"/auth/token"``.
+            status: HTTP status to answer with (200 is allowed, for malformed bodies).
+            body: a dict (sent as JSON), a string (sent verbatim; ``text/html`` when it
+                starts with ``<``) or None for a Spring error body.
+            retry_after: sent as the ``Retry-After`` header (seconds) when given.
+            delay: seconds to wait before answering.
+            drop_connection: close the socket without any reply instead.
+        """
+        fault = _Fault(route, status, times, body, retry_after, delay, drop_connection)
+        with self._lock:
+            self._faults.append(fault)
+
+    def clear_faults(self) -> None:
+        with self._lock:
+            self._faults.clear()
+
+    def expire_bearer_tokens(self) -> None:
+        """Make every bearer token issued so far invalid (as if they had expired)."""
+        with self._lock:
+            for token in self._bearer:
+                self._bearer[token] = 0.0
+
+    def issued_tokens(self) -> list[str]:
+        """Every secret handed out so far (bearer and Aspera tokens), for leak checks."""
+        with self._lock:
+            return list(self._issued)
+
+    def count(self, route_prefix: str) -> int:
+        """How many requests so far had a path starting with *route_prefix*."""
+        with self._lock:
+            return sum(1 for r in self.requests_log if r.path.startswith(route_prefix))
+
+    def write_aspera_config(self, path: Path, **overrides: Any) -> Path:
+        """Save the config through which the stand-in ``ascp`` serves this docroot."""
+        config = FakeAsperaConfig(docroot=str(self.docroot), secret=self.aspera_secret, **overrides)
+        return config.save(path)
+
+    # -- request handling (called from handler threads) ------------------------------
+
+    def _record(self, method: str, path: str, json_body: Any | None) -> None:
+        with self._lock:
+            self.requests_log.append(RecordedRequest(method, path, json_body))
+
+    def _take_fault(self, path: str) -> _Fault | None:
+        with self._lock:
+            for fault in self._faults:
+                if fault.remaining > 0 and path.startswith(fault.route):
+                    fault.remaining -= 1
+                    if fault.remaining == 0:
+                        self._faults.remove(fault)
+                    return fault
+        return None
+
+    def _fault_reply(self, fault: _Fault, path: str) -> _Reply:
+        headers = {}
+        if fault.retry_after is not None:
+            headers["Retry-After"] = _format_seconds(fault.retry_after)
+        if isinstance(fault.body, str):
+            kind = "text/html;charset=UTF-8" if fault.body.lstrip().startswith("<") else None
+            return _Reply(
+                fault.status,
+                fault.body.encode("utf-8"),
+                kind or "application/json;charset=UTF-8",
+                headers,
+            )
+        doc = (
+            fault.body
+            if fault.body is not None
+            else _spring_body(fault.status, "Injected fault", path)
+        )
+        return _Reply(fault.status, _compact(doc), headers=headers)
+
+    def _route(
+        self, method: str, path: str, query: dict[str, list[str]], body: bytes, headers: Any
+    ) -> _Reply:
+        if path == "/auth/token":
+            _require_method(method, "POST")
+            return self._auth_token(body, headers.get("Content-Type", ""))
+        if path.startswith("/_blob/"):
+            _require_method(method, "GET")
+            return self._blob(path[len("/_blob/") :], query)
+        if path == "/data" or path.startswith("/data/"):
+            self._check_bearer(headers.get("Authorization"))
+            if path == "/data/list":
+                _require_method(method, "POST", "GET")
+                return self._list(
+                    _json_object(body)
+                    if method == "POST"
+                    else {"path": (query.get("path") or ["/"])[0]}
+                )
+            if path == "/data/download/token":
+                _require_method(method, "POST")
+                return self._download_token(_json_object(body))
+            prefix = "/data/query/api/study/manifest/"
+            if path.startswith(prefix):
+                _require_method(method, "GET")
+                return self._manifest(path[len(prefix) :], query)
+            prefix = "/data/query/drs/download/"
+            if path.startswith(prefix):
+                _require_method(method, "GET")
+                return self._drs(path[len(prefix) :])
+        raise _HttpError(404, "No message available")
+
+    def _auth_token(self, body: bytes, content_type: str) -> _Reply:
+        fields: dict[str, Any]
+        if "json" in content_type.lower():
+            fields = _json_object(body)
+        else:
+            parsed = parse_qs(body.decode("utf-8", "replace"), keep_blank_values=True)
+            fields = {k: v[0] for k, v in parsed.items()}
+        username, password = fields.get("username"), fields.get("password")
+        if not isinstance(username, str) or not isinstance(password, str) or not username:
+            raise _HttpError(
+                400,
+                "Missing username or password",
+                body=_oauth_error("invalid_request", "Missing username or password", 400),
+                pretty=True,
+            )
+        good_user = hmac.compare_digest(username.encode(), self.username.encode())
+        good_pass = hmac.compare_digest(password.encode(), self._password.encode())
+        if not (good_user and good_pass):
+            raise _HttpError(
+                401,
+                "Bad credentials",
+                body=_oauth_error("invalid_grant", "Bad credentials", 401),
+                pretty=True,
+            )
+        token = secrets.token_urlsafe(32)
+        with self._lock:
+            self._bearer[token] = time.time() + self.bearer_lifetime
+            self._issued.append(token)
+        doc: dict[str, Any] = {"status": 200}
+        for key in self.token_reply_keys:
+            doc[key] = token
+        return _Reply(200, jackson(doc))
+
+    def _check_bearer(self, header: str | None) -> None:
+        def refuse(description: str) -> _HttpError:
+            return _HttpError(
+                401,
+                description,
+                body=_oauth_error("invalid_token", description, 401),
+                headers={
+                    "WWW-Authenticate": f'Bearer error="invalid_token", '
+                    f'error_description="{description}"'
+                },
+            )
+
+        if not header:
+            raise refuse("Full authentication is required to access this resource")
+        scheme, _, token = header.strip().partition(" ")
+        token = token.strip()
+        if scheme.lower() != "bearer" or not token:
+            raise refuse("Full authentication is required to access this resource")
+        with self._lock:
+            expiry = self._bearer.get(token)
+        if expiry is None:
+            raise refuse("Invalid access token")
+        if expiry <= time.time():
+            raise refuse("Access token expired")
+
+    def _resolve(self, norm: str) -> Path:
+        """The file or folder for a normalised remote path; 404 unless it is served."""
+        parts = [p for p in norm.split("/") if p]
+        if any(p.startswith(".") for p in parts):
+            raise _HttpError(404, f"{norm} not found")
+        target = self.docroot.joinpath(*parts)
+        try:
+            resolved = target.resolve(strict=True)
+        except OSError:
+            raise _HttpError(404, f"{norm} not found") from None
+        root = self.docroot.resolve()
+        if resolved != root and not resolved.is_relative_to(root):
+            raise _HttpError(404, f"{norm} not found")
+        if not (resolved.is_dir() or resolved.is_file()):
+            raise _HttpError(404, f"{norm} not found")
+        return target
+
+    def _children(self, folder: Path) -> list[Path]:
+        root = self.docroot.resolve()
+        kept = []
+        for child in sorted(folder.iterdir(), key=lambda p: p.name):
+            if child.name.startswith("."):
+                continue
+            try:
+                resolved = child.resolve(strict=True)
+            except OSError:
+                continue
+            if resolved.is_relative_to(root) and (resolved.is_file() or resolved.is_dir()):
+                kept.append(child)
+        return kept
+
+    def _files_below(self, folder: Path) -> Iterator[Path]:
+        for child in self._children(folder):
+            if child.is_dir():
+                yield from self._files_below(child)
+            else:
+                yield child
+
+    def _entry(self, remote: str, target: Path, *, listed: bool) -> dict[str, Any]:
+        st = target.stat()
+        is_dir = target.is_dir()
+        entry: dict[str, Any] = {
+            "path": remote,
+            "basename": remote.rsplit("/", 1)[-1],
+            "type": "directory" if is_dir else "file",
+            "size": st.st_size,
+            "mtime": _iso(st.st_mtime),
+            "permissions": [{"name": "view"}],
+        }
+        if is_dir:
+            files = list(self._files_below(target))
+            entry["size"] = 0 if listed else sum(f.stat().st_size for f in files)
+            if not listed:
+                entry["fileCount"] = len(files)
+        return entry
+
+    def _list(self, body: dict[str, Any]) -> _Reply:
+        raw = body.get("path")
+        if isinstance(raw, list) and len(raw) == 1:
+            raw = raw[0]
+        if not isinstance(raw, str) or not raw:
+            raise _HttpError(400, "Required property 'path' is missing")
+        norm = _normalise(raw)
+        override = self.listing_overrides.get(norm)
+        if override is not None:
+            try:
+                target: Path | None = self._resolve(norm)
+            except _HttpError:
+                target = None
+            self_entry = (
+                self._entry(norm, target, listed=True)
+                if target is not None
+                else {
+                    "path": norm,
+                    "basename": norm.rsplit("/", 1)[-1],
+                    "type": "directory",
+                    "size": 0,
+                    "mtime": _iso(0),
+                    "permissions": [{"name": "view"}],
+                }
+            )
+            items = list(override)
+        else:
+            target = self._resolve(norm)
+            self_entry = self._entry(norm, target, listed=True)
+            items = []
+            if target.is_dir():
+                base = norm.rstrip("/")
+                items = [
+                    self._entry(f"{base}/{c.name}", c, listed=False) for c in self._children(target)
+                ]
+        doc = {
+            "self": self_entry,
+            "items": items,
+            "item_count": len(items),
+            "total_count": len(items),
+            "parameters": {"path": norm},
+        }
+        return _Reply(200, _compact(doc))
+
+    def _download_token(self, body: dict[str, Any]) -> _Reply:
+        paths = body.get("paths")
+        # R's jsonlite auto_unbox turns a one-element vector into a bare string.
+        if isinstance(paths, str):
+            paths = [paths]
+        if (
+            not isinstance(paths, list)
+            or not paths
+            or not all(isinstance(p, str) and p.strip("/") for p in paths)
+        ):
+            raise _HttpError(400, "Required property 'paths' must be a non-empty list of paths")
+        for raw in paths:
+            self._resolve(_normalise(raw))
+        token = aspera_tokens.mint(
+            self.aspera_secret, list(paths), lifetime=self.aspera_token_lifetime
+        )
+        with self._lock:
+            self._issued.append(token)
+        return _Reply(200, _compact({"token": token}))
+
+    def _md5(self, target: Path) -> str:
+        st = target.stat()
+        key = (str(target), st.st_size, st.st_mtime_ns)
+        with self._lock:
+            cached = self._md5_cache.get(key)
+        if cached is not None:
+            return cached
+        digest = hashlib.md5(usedforsecurity=False)
+        with target.open("rb") as fh:
+            while chunk := fh.read(1 << 20):
+                digest.update(chunk)
+        value = digest.hexdigest()
+        with self._lock:
+            self._md5_cache[key] = value
+        return value
+
+    def _file_details(self, accession: str, target: Path) -> dict[str, Any]:
+        rel = target.relative_to(self.docroot).as_posix()
+        st = target.stat()
+        md5 = self.md5_overrides.get(rel, self.md5_overrides.get("/" + rel))
+        parts = rel.split("/")
+        crc = zlib.crc32(rel.encode("utf-8"))
+        return {
+            "fileDetailsId": crc % 10_000_000,
+            "reportedMD5": None,
+            "generatedMD5": md5 if md5 is not None else self._md5(target),
+            "studyAccession": accession,
+            "filesizeBytes": st.st_size,
+            "fileType": _file_type(parts),
+            "fileAccession": f"FILE{crc % 10_000_000:07d}",
+            "fileName": parts[-1],
+            "path": rel,
+            "dateFileUpdated": datetime.fromtimestamp(int(st.st_mtime), UTC).strftime(
+                "%Y-%m-%dT%H:%M:%S.000+00:00"
+            ),
+            "fileUUID": str(file_uuid(rel)),
+            "drsObjectCreated": True,
+            "workspaceId": 1,
+            "aigeneratedKeywords": None,
+            "aigeneratedSummary": None,
+        }
+
+    def _manifest(self, accession: str, query: dict[str, list[str]]) -> _Reply:
+        if not self.manifest_available:
+            raise _HttpError(503, "Service temporarily unavailable")
+        accession = accession.strip("/")
+        if not accession or "/" in accession or accession.startswith("."):
+            raise _HttpError(404, f"Study {accession} not found")
+        study = self.docroot / accession
+        if not study.is_dir():
+            raise _HttpError(404, f"Study {accession} not found")
+        wanted = (query.get("fileType") or ["all"])[0]
+        if wanted != "all" and wanted not in _FILE_TYPES and wanted != "release_file":
+            raise _HttpError(400, f"Unknown fileType {wanted!r}")
+        rows = [self._file_details(accession, f) for f in self._files_below(study)]
+        if wanted != "all":
+            rows = [r for r in rows if r["fileType"] == wanted]
+        if (query.get("format") or ["json"])[0] == "tsv":
+            keys = list(rows[0]) if rows else ["path"]
+            lines = ["\t".join(keys)]
+            lines += ["\t".join("" if r[k] is None else str(r[k]) for k in keys) for r in rows]
+            return _Reply(200, ("\n".join(lines) + "\n").encode(), "text/tab-separated-values")
+        return _Reply(200, _compact(rows))
+
+    def _find_uuid(self, wanted: str) -> Path | None:
+        for target in self._files_below(self.docroot):
+            if str(file_uuid(target.relative_to(self.docroot).as_posix())) == wanted:
+                return target
+        return None
+
+    def _blob_signature(self, file_id: str, expires: int) -> str:
+        message = f"{file_id}:{expires}".encode()
+        return hmac.new(self.aspera_secret.encode(), message, hashlib.sha256).hexdigest()
+
+    def _drs(self, rest: str) -> _Reply:
+        method, _, file_id = rest.partition("/")
+        if method not in ("s3", "stream") or not file_id:
+            raise _HttpError(400, f"Unknown access method {method!r}")
+        if self._find_uuid(file_id) is None:
+            raise _HttpError(404, f"File {file_id} not found")
+        expires = int(time.time() + 300)
+        url = (
+            f"{self.base_url}/_blob/{quote(file_id)}?X-Amz-Expires=300&expires={expires}"
+            f"&sig={self._blob_signature(file_id, expires)}"
+        )
+        return _Reply(200, _compact({"message": "Success", "url": url, "status": 200}))
+
+    def _blob(self, file_id: str, query: dict[str, list[str]]) -> _Reply:
+        try:
+            expires = int((query.get("expires") or ["0"])[0])
+        except ValueError:
+            expires = 0
+        sig = (query.get("sig") or [""])[0]
+        if not hmac.compare_digest(sig, self._blob_signature(file_id, expires)):
+            raise _HttpError(403, "SignatureDoesNotMatch")
+        if expires < time.time():
+            raise _HttpError(403, "Request has expired")
+        target = self._find_uuid(file_id)
+        if target is None:
+            raise _HttpError(404, "The specified key does not exist.")
+        return _Reply(200, target.read_bytes(), "application/octet-stream")
+
+
+def file_uuid(relpath: str) -> uuid.UUID:
+    """The emulator's stable DRS id (``fileUUID``) of a destination-relative path."""
+    return uuid.uuid5(_UUID_NAMESPACE, relpath.strip("/"))
+
+
+def _file_type(parts: list[str]) -> str:
+    folders = [p.lower() for p in parts[1:-1]]
+    if any("protocol" in f for f in folders):
+        return "protocol_file"
+    if folders and folders[0] == "resultfiles":
+        return "result_file"
+    if folders and folders[0] == "studyfiles":
+        return "study_file"
+    if not folders:
+        return "archive_file"
+    return "study_file"
+
+
+def _format_seconds(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else f"{value:g}"
+
+
+def _oauth_error(error: str, description: str, status: int) -> dict[str, Any]:
+    return {
+        "error": error,
+        "error_description": description,
+        "status": status,
+        "message": description,
+    }
+
+
+def _spring_body(status: int, message: str, path: str) -> dict[str, Any]:
+    return {
+        "timestamp": _spring_time(),
+        "status": status,
+        "error": _phrase(status),
+        "message": message,
+        "path": path,
+    }
+
+
+def _require_method(method: str, *allowed: str) -> None:
+    if method not in allowed:
+        raise _HttpError(
+            405, f"Request method '{method}' not supported", headers={"Allow": ", ".join(allowed)}
+        )
+
+
+def _json_object(body: bytes) -> dict[str, Any]:
+    try:
+        doc = json.loads(body.decode("utf-8")) if body.strip() else None
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise _HttpError(400, "JSON parse error: malformed request body") from None
+    if not isinstance(doc, dict):
+        raise _HttpError(400, "Required request body is missing or not a JSON object")
+    return doc
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    # Tests start and stop many emulators; a lingering TIME_WAIT must not block a port.
+    allow_reuse_address = True
+
+
+class _Server6(_Server):
+    address_family = socket.AF_INET6
+
+
+class _Handler(BaseHTTPRequestHandler):
+    emulator: ClassVar[Emulator]
+    protocol_version = "HTTP/1.1"
+    server_version = "ImmPortEmulator/1.0"
+    # Idle keep-alive connections give their thread back after this long.
+    timeout = 30
+    # Headers and body go out in separate writes; with Nagle on, delayed ACKs would
+    # add ~40 ms to every reply on a kept-alive connection.
+    disable_nagle_algorithm = True
+
+    def setup(self) -> None:
+        super().setup()
+        with self.emulator._lock:
+            self.emulator._connections.add(self.connection)
+
+    def finish(self) -> None:
+        with self.emulator._lock:
+            self.emulator._connections.discard(self.connection)
+        with contextlib.suppress(OSError):
+            super().finish()
+
+    def log_message(self, format: str, *args: Any) -> None:
+        log.debug("%s " + format, self.address_string(), *args)
+
+    def do_GET(self) -> None:
+        self._dispatch()
+
+    def do_POST(self) -> None:
+        self._dispatch()
+
+    def do_PUT(self) -> None:
+        self._dispatch()
+
+    def do_DELETE(self) -> None:
+        self._dispatch()
+
+    def _read_body(self) -> bytes:
+        try:
+            length = int(self.headers.get("Content-Length") or 0)
+        except ValueError:
+            length = -1
+        if length < 0 or length > _MAX_REQUEST_BODY:
+            self.close_connection = True
+            raise _HttpError(413 if length > 0 else 400, "Request body too large or unreadable")
+        return self.rfile.read(length) if length else b""
+
+    def _dispatch(self) -> None:
+        emu = self.emulator
+        split = urlsplit(self.path)
+        path = split.path
+        try:
+            body = self._read_body()
+        except _HttpError as err:
+            self._send(_Reply(err.status, _compact(_spring_body(err.status, err.message, path))))
+            return
+        json_body: Any | None = None
+        if "json" in (self.headers.get("Content-Type") or "").lower() and body:
+            try:
+                json_body = json.loads(body)
+            except (UnicodeDecodeError, json.JSONDecodeError):
+                json_body = None
+        emu._record(self.command, path, json_body)
+        if emu.latency > 0:
+            time.sleep(emu.latency)
+        fault = emu._take_fault(path)
+        if fault is not None:
+            if fault.delay > 0:
+                time.sleep(fault.delay)
+            if fault.drop_connection:
+                # No status line at all: the client sees the connection die mid-request.
+                self.close_connection = True
+                return
+            self._send(emu._fault_reply(fault, path))
+            return
+        try:
+            reply = emu._route(self.command, path, parse_qs(split.query), body, self.headers)
+        except _HttpError as err:
+            doc = err.body if err.body is not None else _spring_body(err.status, err.message, path)
+            reply = _Reply(
+                err.status, jackson(doc) if err.pretty else _compact(doc), headers=err.headers
+            )
+        except Exception:
+            log.exception("emulator failed on %s %s", self.command, path)
+            reply = _Reply(500, _compact(_spring_body(500, "Internal emulator error", path)))
+        self._send(reply)
+
+    def _send(self, reply: _Reply) -> None:
+        try:
+            self.send_response(reply.status)
+            self.send_header("Content-Type", reply.content_type)
+            self.send_header("Content-Length", str(len(reply.body)))
+            for key, value in (reply.headers or {}).items():
+                self.send_header(key, value)
+            self.end_headers()
+            self.wfile.write(reply.body)
+        except (BrokenPipeError, ConnectionResetError):
+            self.close_connection = True
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Serve a docroot until SIGINT/SIGTERM; print the URLs as one JSON line first."""
+    parser = argparse.ArgumentParser(
+        prog="python -m immsync.testing.emulator",
+        description="Serve a folder through an emulated ImmPort API on 127.0.0.1.",
+    )
+    parser.add_argument("--docroot", type=Path, required=True, help="folder to serve")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
+    parser.add_argument("--username", default=os.environ.get("IMMPORT_USERNAME", "demo"))
+    parser.add_argument(
+        "--password",
+        default=None,
+        help="demo account password (default: $IMMPORT_PASSWORD, else demo-password); "
+        "prefer the environment variable, argv is visible to other users",
+    )
+    parser.add_argument("--aspera-config", type=Path, help="write the stand-in ascp config here")
+    parser.add_argument("--latency", type=float, default=0.0, help="seconds added to each reply")
+    parser.add_argument("--verbose", action="store_true", help="log each request to stderr")
+    args = parser.parse_args(argv)
+
+    if not args.docroot.is_dir():
+        parser.error(f"--docroot {args.docroot} is not a folder")
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.WARNING,
+        stream=sys.stderr,
+        format="emulator: %(message)s",
+    )
+    password = args.password or os.environ.get("IMMPORT_PASSWORD") or "demo-password"
+    emulator = Emulator(
+        args.docroot, username=args.username, password=password, host=args.host, port=args.port
+    )
+    emulator.latency = args.latency
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    with emulator:
+        if args.aspera_config is not None:
+            emulator.write_aspera_config(args.aspera_config)
+        line = {
+            "base_url": emulator.base_url,
+            "token_url": emulator.token_url,
+            "data_url": emulator.data_url,
+            "query_url": emulator.query_url,
+        }
+        if args.aspera_config is not None:
+            line["aspera_config"] = str(args.aspera_config)
+        sys.stdout.write(json.dumps(line) + "\n")
+        sys.stdout.flush()
+        while not stop.wait(0.2):
+            pass
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
