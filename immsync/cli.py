@@ -16,7 +16,7 @@ import sys
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 from typing import Annotated, Any
@@ -60,7 +60,7 @@ app = typer.Typer(
     add_completion=False,
 )
 
-DEFAULT_TOKEN_URL = "https://auth.immport.org/auth/token"
+DEFAULT_TOKEN_URL = "https://auth.immport.org/auth/token"  # noqa: S105 - a URL
 DEFAULT_DATA_URL = "https://api.immport.org/data"
 
 
@@ -80,7 +80,7 @@ class Environment:
     aspera_user: str = "databrowser"
     aspera_port: int = 33001
     path: str | None = None
-    home: Path = Path.home()
+    home: Path = field(default_factory=Path.home)
 
     def __repr__(self) -> str:
         # dataclass's repr would print the password.
@@ -506,14 +506,12 @@ def _signals_cancel(cancel: threading.Event, transfer: _LazyAscp) -> Iterator[li
         cancel.set()
         transfer.terminate()
 
-    previous: dict[int, Callable[..., Any] | int | None] = {}
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        previous[sig] = signal.signal(sig, handler)
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield received
     finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
+        for number, old in previous.items():
+            signal.signal(number, old)
 
 
 def main() -> None:

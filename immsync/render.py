@@ -97,6 +97,8 @@ def report_to_json(report: Report, *, problems: Sequence[str] = ()) -> dict[str,
 
 def report_summary(report: Report) -> str:
     c = report.counts()
+    if not report.outcomes:
+        return f"Up to date: {c['unchanged']} file(s) unchanged, nothing transferred."
     return (
         f"Done in {report.elapsed:.1f} s: {c['download']} downloaded, {c['update']} updated, "
         f"{c['repair']} repaired, {c['delete']} deleted, {c['unchanged']} unchanged, "
@@ -246,6 +248,10 @@ class LineReporter:
 
     def plan_ready(self, plan: Plan) -> None:
         self._totals.start(plan)
+        for note in plan.notes:
+            self._write(f"note: {note}")
+        if plan:
+            self._write(plan_summary(plan))
 
     def batch_started(self, batch: TransferBatch) -> None:
         self._totals.batch(batch)
@@ -312,6 +318,10 @@ class RichReporter:
 
     def plan_ready(self, plan: Plan) -> None:
         self._totals.start(plan)
+        for note in plan.notes:
+            self._console.print(f"note: {note}", highlight=False)
+        if plan:
+            self._console.print(plan_summary(plan), highlight=False)
         if not plan.to_fetch:
             return
         from rich.console import Group

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from types import TracebackType
 
@@ -128,7 +128,7 @@ class StateStore:
     def entries(self) -> dict[str, StateEntry]:
         """Every recorded file, by path."""
         try:
-            rows = self._db.execute(f"SELECT {_COLUMNS} FROM files").fetchall()
+            rows = self._db.execute(f"SELECT {_COLUMNS} FROM files").fetchall()  # noqa: S608 - constant
         except sqlite3.DatabaseError as exc:
             raise StateError(
                 f"the state file {self.path} is corrupt: {exc}",
@@ -151,7 +151,10 @@ class StateStore:
             for e in entries
         ]
         if rows:
-            self._write(f"INSERT OR REPLACE INTO files ({_COLUMNS}) VALUES (?,?,?,?,?,?,?)", rows)
+            self._write(
+                f"INSERT OR REPLACE INTO files ({_COLUMNS}) VALUES (?,?,?,?,?,?,?)",  # noqa: S608
+                rows,
+            )
 
     def forget(self, paths: Iterable[str]) -> None:
         """Drop the records of *paths* (after their files were deleted)."""
@@ -159,11 +162,11 @@ class StateStore:
         if rows:
             self._write("DELETE FROM files WHERE path = ?", rows)
 
-    def _write(self, sql: str, rows: list[tuple[object, ...]]) -> None:
+    def _write(self, sql: str, rows: Sequence[tuple[object, ...]]) -> None:
         with self._write_lock:
             self._write_locked(sql, rows)
 
-    def _write_locked(self, sql: str, rows: list[tuple[object, ...]]) -> None:
+    def _write_locked(self, sql: str, rows: Sequence[tuple[object, ...]]) -> None:
         try:
             self._db.execute("BEGIN IMMEDIATE")
             try:

@@ -14,6 +14,7 @@ run fetches again; nothing is ever recorded that was not verified.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import random
@@ -541,10 +542,8 @@ class Applier:
                 if not any(relative.startswith(k) for k in keep):
                     (here / name).unlink(missing_ok=True)
             if here != self.staging:
-                try:
+                with contextlib.suppress(OSError):  # not empty: it holds a kept partial
                     here.rmdir()
-                except OSError:
-                    pass  # not empty: it holds a kept partial
 
 
 def _failure_text(error: ImmsyncError) -> str:
