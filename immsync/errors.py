@@ -130,7 +130,7 @@ class TransferError(ImmsyncError):
         """One of ``TransferError.KINDS``: how the caller should react."""
         self.output_tail = output_tail
 
-    KINDS = ("transient", "token", "auth", "permanent", "not_found", "disk")
+    KINDS = ("transient", "token", "auth", "permanent", "not_found", "disk", "interrupted")
 
 
 class TransportUnavailable(ImmsyncError):
