@@ -46,6 +46,7 @@ from .render import (
     report_summary,
     report_to_json,
 )
+from .retry import RetryPolicy
 from .state import STATE_DIRNAME, StateStore, state_path
 from .sync import Applier, SyncOptions, survey
 
@@ -249,6 +250,21 @@ def apply(
         ),
     ] = None,
     dry_run: Annotated[bool, typer.Option(help="Plan and report, change nothing.")] = False,
+    batch_files: Annotated[
+        int, typer.Option(min=1, help="At most this many files per ascp session.")
+    ] = 500,
+    batch_gib: Annotated[
+        float, typer.Option(min=0.001, help="About this many GiB per ascp session at most.")
+    ] = 20.0,
+    session_stagger: Annotated[
+        float, typer.Option(min=0, help="Seconds between the starts of two ascp sessions.")
+    ] = 1.0,
+    retries: Annotated[
+        int, typer.Option(min=0, help="Retries of a failed session (transient faults only).")
+    ] = 4,
+    retry_wait: Annotated[
+        float, typer.Option(min=0, help="First retry delay in seconds; doubles each time.")
+    ] = 2.0,
     json_output: JsonOpt = False,
     wait: Annotated[
         float | None,
@@ -278,7 +294,16 @@ def apply(
         if password_stdin:
             env = _with_stdin_password(env)
         client = _make_client(env, allow_insecure_http=allow_insecure_http)
-        options = SyncOptions(jobs=jobs, prune=prune, dry_run=dry_run, max_delete=max_delete)
+        options = SyncOptions(
+            jobs=jobs,
+            prune=prune,
+            dry_run=dry_run,
+            max_delete=max_delete,
+            batch_max_files=batch_files,
+            batch_max_bytes=int(batch_gib * 1024**3),
+            session_stagger=session_stagger,
+            retry=RetryPolicy(attempts=retries + 1, base_delay=retry_wait, max_delay=60.0),
+        )
         lock_path = loaded.destination / STATE_DIRNAME / "lock"
         if dry_run:
             with _open_state(loaded, create=False) as store:
@@ -442,7 +467,8 @@ class _LazyAscp:
         self._client = client
         self._workdir = workdir
         self._transfer: AscpTransfer | None = None
-        self._lock = threading.Lock()
+        # Re-entrant: terminate() runs from a signal handler, maybe while _get() holds it.
+        self._lock = threading.RLock()
 
     def _get(self) -> AscpTransfer:
         with self._lock:

@@ -15,6 +15,8 @@ run fetches again; nothing is ever recorded that was not verified.
 from __future__ import annotations
 
 import contextlib
+import errno
+import heapq
 import logging
 import os
 import random
@@ -62,6 +64,7 @@ from .state import STATE_DIRNAME, StateStore
 log = logging.getLogger(__name__)
 
 STAGING_DIRNAME = "staging"
+_DESTINATION_UNUSABLE = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS})
 
 
 class RemoteCatalog(Protocol):
@@ -117,6 +120,11 @@ class SyncOptions:
     max_delete: int | None = None
     """Refuse a prune that would delete more files than this (None: no limit)."""
     retry: RetryPolicy = field(default_factory=RetryPolicy)
+    session_stagger: float = 1.0
+    """Seconds between the starts of two transfer sessions."""
+    split_min_bytes: int = 64 * 1024**2
+    """Split work across parallel sessions only in shares of at least this many bytes:
+    below it, one more session start costs more than it saves."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -264,23 +272,98 @@ def survey(
 
 
 def make_batches(
-    items: Sequence[PlanItem], *, max_files: int, max_bytes: int
-) -> Iterator[list[PlanItem]]:
-    """Group items into transfer sessions bounded by file count and by bytes.
+    items: Sequence[PlanItem], *, max_files: int, max_bytes: int, min_batches: int = 1
+) -> list[list[PlanItem]]:
+    """Group items into transfer sessions bounded by file count and (softly) by bytes.
 
-    Files are taken in path order so that one folder tends to travel together; a file
-    larger than *max_bytes* gets a session of its own.
+    There are as few sessions as the bounds allow, since each costs a token request
+    and an ``ascp`` start, but at least *min_batches* (the parallel sessions) when
+    there are that many files, so that ``--jobs`` has work to share. Bytes are
+    balanced greedily: largest file first, into the lightest batch with room. Within
+    a batch files are in path order. A file larger than *max_bytes* still travels.
     """
-    batch: list[PlanItem] = []
-    batch_bytes = 0
-    for item in items:
-        if batch and (len(batch) >= max_files or batch_bytes + item.size > max_bytes):
-            yield batch
-            batch, batch_bytes = [], 0
-        batch.append(item)
-        batch_bytes += item.size
-    if batch:
-        yield batch
+    if not items:
+        return []
+    total = sum(i.size for i in items)
+    count = max(
+        -(-len(items) // max_files),
+        -(-total // max_bytes) if max_bytes > 0 else 1,
+        min(min_batches, len(items)),
+    )
+    count = min(count, len(items))
+    batches: list[list[PlanItem]] = [[] for _ in range(count)]
+    heap = [(0, n) for n in range(count)]
+    for item in sorted(items, key=lambda i: (-i.size, i.path)):
+        while True:
+            load, n = heapq.heappop(heap)
+            if len(batches[n]) < max_files:
+                break
+        batches[n].append(item)
+        if len(batches[n]) < max_files:
+            heapq.heappush(heap, (load + item.size, n))
+    for batch in batches:
+        batch.sort(key=lambda i: i.path)
+    return sorted((b for b in batches if b), key=lambda b: b[0].path)
+
+
+class SessionGate:
+    """Admits at most *limit* transfer sessions at once, their starts *stagger* apart.
+
+    Aspera servers refuse authentication when many sessions start together (the
+    sra-tools fix was to space starts ~2 s apart); ``reduce`` lowers the limit when
+    that happens, so the run slows down instead of failing.
+    """
+
+    def __init__(
+        self,
+        limit: int,
+        *,
+        stagger: float,
+        cancel: threading.Event,
+        clock: Callable[[], float],
+        sleep: Callable[[float], None],
+    ) -> None:
+        self.limit = max(1, limit)
+        self._stagger = stagger
+        self._cancel = cancel
+        self._clock = clock
+        self._sleep = sleep
+        self._active = 0
+        self._next_start = float("-inf")
+        self._cond = threading.Condition()
+
+    @contextlib.contextmanager
+    def session(self) -> Iterator[bool]:
+        """Yield True once admitted, or False if the run was cancelled while waiting."""
+        with self._cond:
+            while self._active >= self.limit and not self._cancel.is_set():
+                self._cond.wait(timeout=0.2)
+            if self._cancel.is_set():
+                yield False
+                return
+            self._active += 1
+            now = self._clock()
+            start = max(now, self._next_start)
+            self._next_start = start + self._stagger
+        try:
+            if start > now:
+                self._sleep(start - now)
+            yield True
+        finally:
+            with self._cond:
+                self._active -= 1
+                self._cond.notify_all()
+
+    @property
+    def concurrent(self) -> int:
+        with self._cond:
+            return self._active
+
+    def reduce(self) -> int:
+        """Lower the limit by one (not below one); return the new limit."""
+        with self._cond:
+            self.limit = max(1, self.limit - 1)
+            return self.limit
 
 
 class Applier:
@@ -310,6 +393,9 @@ class Applier:
         self._clock = clock
         self._rng = rng or random.Random()
         self._lock = threading.Lock()
+        # One event ends the run early, whether the user cancelled or an error is fatal.
+        self._stop = self.cancel
+        self._fatal: ImmsyncError | None = None
         self.staging = self.destination / STATE_DIRNAME / STAGING_DIRNAME
 
     def run(self, found: Survey) -> Report:
@@ -329,6 +415,14 @@ class Applier:
             self._delete(deletions, report)
         self._tidy_staging(keep={o.path for o in report.failures})
         report.elapsed = self._clock() - started
+        if self._fatal is not None:
+            done = sum(1 for o in report.outcomes if o.ok)
+            raise LocalIOError(
+                f"stopped: {self._fatal.message}; {done} file(s) were completed and recorded "
+                "before it",
+                hint="free some space on the destination (partial downloads are kept in "
+                f"{self.staging} and resume), then run the same command again",
+            )
         return report
 
     def _check_delete_guard(self, deletions: Sequence[PlanItem], recorded: int) -> None:
@@ -367,75 +461,119 @@ class Applier:
     # -- transfers --------------------------------------------------------------------
 
     def _fetch_all(self, items: Sequence[PlanItem], report: Report) -> None:
-        batches = list(
-            make_batches(
-                items,
-                max_files=self.options.batch_max_files,
-                max_bytes=self.options.batch_max_bytes,
-            )
+        batches = make_batches(
+            items,
+            max_files=self.options.batch_max_files,
+            max_bytes=self.options.batch_max_bytes,
+            min_batches=min(
+                self.options.jobs,
+                max(1, sum(i.size for i in items) // max(1, self.options.split_min_bytes)),
+            ),
         )
         total = len(batches)
         jobs = max(1, min(self.options.jobs, total))
+        gate = SessionGate(
+            jobs,
+            stagger=self.options.session_stagger,
+            cancel=self._stop,
+            clock=self._clock,
+            sleep=self._sleep,
+        )
         with ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="immsync-transfer") as pool:
             futures = [
-                pool.submit(self._run_batch, batch, f"batch {n}/{total}", report)
+                pool.submit(self._run_batch, batch, f"batch {n}/{total}", report, gate)
                 for n, batch in enumerate(batches, 1)
             ]
             for future in futures:
                 future.result()
 
-    def _run_batch(self, items: list[PlanItem], label: str, report: Report) -> None:
+    def _run_batch(
+        self, items: list[PlanItem], label: str, report: Report, gate: SessionGate
+    ) -> None:
+        try:
+            self._run_batch_attempts(items, label, report, gate)
+        except BaseException:
+            # Anything unexpected (say the state became unwritable) stops every other
+            # batch too: carrying on would only pile up unrecorded transfers.
+            self._abort()
+            raise
+
+    def _run_batch_attempts(
+        self, items: list[PlanItem], label: str, report: Report, gate: SessionGate
+    ) -> None:
         pending = {item.path: item for item in items}
         backoff = delays(self.options.retry, self._rng)
         checksum_retries: set[str] = set()
         attempt = 0
-        while pending and not self.cancel.is_set():
+        while pending and not self._stop.is_set():
             attempt += 1
             files = tuple(item.remote for item in pending.values() if item.remote is not None)
             batch = TransferBatch(files=files, staging=self.staging, label=label)
-            self.reporter.batch_started(batch)
             error: TransferError | None = None
-            with self._lock:
-                report.sessions += 1
-            try:
-                self.transfer.fetch(batch, self.reporter.progress)
-            except TransferError as exc:
-                error = exc
+            concurrent = 1
+            with gate.session() as admitted:
+                if not admitted:
+                    return
+                concurrent = gate.concurrent
+                self.reporter.batch_started(batch)
+                with self._lock:
+                    report.sessions += 1
+                try:
+                    self.transfer.fetch(batch, self.reporter.progress)
+                except TransferError as exc:
+                    error = exc
             # Whatever arrived complete is verified and kept, even if the session failed.
             for path in list(pending):
-                result = self._collect(pending[path], report, checksum_retries)
-                if result is not None:
+                if self._collect(pending[path], report, checksum_retries) is not None:
                     del pending[path]
-            if not pending or self.cancel.is_set():
-                break
-            retry_error: ImmsyncError
-            if error is None:
-                retry_error = TransferError(
-                    f"the transfer reported success but {len(pending)} file(s) did not arrive "
-                    "complete",
-                    kind="transient",
-                )
-            else:
-                retry_error = error
-            retryable = isinstance(retry_error, TransferError) and retry_error.kind in (
-                "transient",
-                "token",
-                "checksum",
-            )
-            delay = next(backoff, None) if retryable else None
-            if delay is None or attempt >= self.options.retry.attempts:
+            if not pending or self._stop.is_set():
+                return
+            if error is not None and error.kind == "disk":
+                self._fatal = error
+                self._abort()
                 for item in pending.values():
-                    self._fail(item, report, _failure_text(retry_error))
+                    self._fail(item, report, error.message)
+                return
+            retry_error = error or TransferError(
+                f"the transfer reported success but {len(pending)} file(s) did not arrive "
+                "complete",
+                kind="transient",
+            )
+            retryable = retry_error.kind in ("transient", "token")
+            if retry_error.kind == "auth" and (concurrent > 1 or gate.limit > 1):
+                # Refused while several sessions were starting: the server's rate limit,
+                # not bad credentials. Fewer sessions, then try again.
+                limit = gate.reduce()
+                log.warning(
+                    "%s: the Aspera server refused a session while %d ran; "
+                    "lowering parallel sessions to %d",
+                    label,
+                    concurrent,
+                    limit,
+                )
+                retryable = True
+            delay = next(backoff, None) if retryable else None
+            if delay is None:
+                for item in pending.values():
+                    self._fail(item, report, retry_error.message)
                 return
             self.reporter.retrying(batch, retry_error, delay)
             log.warning(
-                "%s: retrying %d file(s) in %.1f s after: %s",
+                "%s: retrying %d file(s) in %.1f s (attempt %d of %d) after: %s",
                 label,
                 len(pending),
                 delay,
+                attempt + 1,
+                self.options.retry.attempts,
                 retry_error.message,
             )
             self._sleep(delay)
+
+    def _abort(self) -> None:
+        self._stop.set()
+        terminate = getattr(self.transfer, "terminate", None)
+        if terminate is not None:
+            terminate()
 
     def _collect(
         self, item: PlanItem, report: Report, checksum_retries: set[str]
@@ -469,7 +607,12 @@ class Applier:
         return outcome
 
     def _verify_and_place(self, item: PlanItem, remote: RemoteFile, staged: Path) -> FileOutcome:
-        digests = file_digests(staged, md5=remote.md5 is not None)
+        try:
+            digests = file_digests(staged, md5=remote.md5 is not None)
+        except OSError as exc:
+            raise LocalIOError(
+                f"{remote.path}: cannot read the download {staged}: {exc.strerror or exc}"
+            ) from exc
         if digests.size != remote.size:
             raise ChecksumMismatch(
                 f"{remote.path}: size mismatch: expected {remote.size} bytes, "
@@ -487,10 +630,15 @@ class Applier:
             os.replace(staged, final)
             st = final.stat()
         except OSError as exc:
-            raise LocalIOError(
+            error = LocalIOError(
                 f"{remote.path}: cannot place the verified file at {final}: "
                 f"{exc.strerror or exc}"
-            ) from exc
+            )
+            if exc.errno in _DESTINATION_UNUSABLE:
+                # Every other file would fail the same way: stop now, keep what is done.
+                self._fatal = error
+                self._abort()
+            raise error from exc
         entry = StateEntry(
             path=remote.path,
             size=st.st_size,

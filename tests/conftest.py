@@ -64,7 +64,11 @@ class World:
         return CliResult(result.exit_code, result.stdout, result.stderr)
 
     def apply(self, *extra: str) -> CliResult:
-        return self.run("apply", str(self.manifest_path), *extra)
+        # No stagger between sessions: the tests' emulator has no rate limit to respect.
+        return self.run(
+            "apply", str(self.manifest_path), "--session-stagger", "0", "--retry-wait", "0.01",
+            *extra,
+        )
 
     def sessions(self) -> list[dict[str, Any]]:
         log = self.root / "sessions.jsonl"

@@ -24,7 +24,7 @@ ALLOWED = {
     "sync": {"errors", "model", "manifest", "hashing", "paths", "plan", "retry", "state"},
     "render": {"check", "errors", "model"},
     "cli": {
-        "ascp", "check", "errors", "immport", "lock", "manifest", "model", "render",
+        "ascp", "check", "errors", "immport", "lock", "manifest", "model", "render", "retry",
         "state", "sync", "__init__",
     },
     "__init__": {"errors", "manifest", "model", "plan"},
