@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import logging.config
+import netrc
 import os
 import signal
 import sys
@@ -17,9 +18,11 @@ import threading
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
 from typing import Annotated, Any
+from urllib.parse import urlsplit
 
 import requests
 import typer
@@ -28,7 +31,7 @@ from rich.console import Console
 from . import __version__
 from .ascp import AscpSettings, AscpTransfer, locate_ascp, locate_key
 from .check import FileState, status, verify
-from .errors import ExitCode, ImmsyncError, SyncFailed, UsageError
+from .errors import ExitCode, ImmsyncError, StateError, SyncFailed, UsageError
 from .immport import Credentials, ImmportClient
 from .lock import DestinationLock
 from .manifest import load_manifest
@@ -48,7 +51,7 @@ from .render import (
 )
 from .retry import RetryPolicy
 from .state import STATE_DIRNAME, StateStore, state_path
-from .sync import Applier, SyncOptions, survey
+from .sync import Applier, Survey, SyncOptions, survey
 
 log = logging.getLogger("immsync")
 
@@ -81,6 +84,7 @@ class Environment:
     aspera_user: str = "databrowser"
     aspera_port: int = 33001
     path: str | None = None
+    netrc: str | None = None
     home: Path = field(default_factory=Path.home)
 
     def __repr__(self) -> str:
@@ -114,6 +118,7 @@ class Environment:
             aspera_user=get("IMMSYNC_ASPERA_USER") or "databrowser",
             aspera_port=port,
             path=environ.get("PATH"),
+            netrc=get("NETRC"),
             home=Path(environ.get("HOME") or Path.home()),
         )
 
@@ -244,11 +249,19 @@ def apply(
         bool, typer.Option(help="Delete recorded files the manifest no longer selects.")
     ] = False,
     max_delete: Annotated[
-        int | None,
+        str,
         typer.Option(
-            min=0, help="With --prune: refuse to delete more than this many files.", show_default=False
+            metavar="N|N%",
+            help="With --prune: refuse to delete more than N files, or N% of those recorded.",
         ),
-    ] = None,
+    ] = "50%",
+    rebuild_state: Annotated[
+        bool,
+        typer.Option(
+            help="Replace an unreadable state: set it aside and re-record the files on "
+            "disk that match the listing (re-hashed, not re-downloaded)."
+        ),
+    ] = False,
     dry_run: Annotated[bool, typer.Option(help="Plan and report, change nothing.")] = False,
     batch_files: Annotated[
         int, typer.Option(min=1, help="At most this many files per ascp session.")
@@ -294,11 +307,13 @@ def apply(
         if password_stdin:
             env = _with_stdin_password(env)
         client = _make_client(env, allow_insecure_http=allow_insecure_http)
+        delete_count, delete_share = _parse_max_delete(max_delete)
         options = SyncOptions(
             jobs=jobs,
             prune=prune,
             dry_run=dry_run,
-            max_delete=max_delete,
+            max_delete=delete_count,
+            max_delete_share=delete_share,
             batch_max_files=batch_files,
             batch_max_bytes=int(batch_gib * 1024**3),
             session_stagger=session_stagger,
@@ -311,25 +326,76 @@ def apply(
                 report = Report(plan=found.plan, dry_run=True)
             _finish_apply(report, found.remote.problems, json_output, prune)
             return
-        with DestinationLock(lock_path, wait=wait), _open_state(loaded, create=True) as store:
-            found = survey(loaded, client, store)
-            transfer = _LazyAscp(env, client, workdir=loaded.destination / STATE_DIRNAME / "tmp")
-            cancel = threading.Event()
-            reporter = _make_reporter(json_output)
-            applier = Applier(
-                loaded, store, transfer, options=options, reporter=reporter, cancel=cancel
-            )
-            with _signals_cancel(cancel, transfer) as received:
-                try:
-                    report = applier.run(found)
-                finally:
-                    close = getattr(reporter, "close", None)
-                    if close is not None:
-                        close()
-            report.token_requests = client.counters.get("download_token", 0)
+        with DestinationLock(lock_path, wait=wait):
+            if rebuild_state:
+                _set_aside_broken_state(state_path(loaded.destination))
+            with _open_state(loaded, create=True) as store:
+                found, report, received = _apply_locked(
+                    loaded, store, client, env, options, json_output, rebuild_state
+                )
         if received:
             _interrupted(report, received[0], json_output)
         _finish_apply(report, found.remote.problems, json_output, prune)
+
+
+def _apply_locked(
+    loaded: Manifest,
+    store: StateStore,
+    client: ImmportClient,
+    env: Environment,
+    options: SyncOptions,
+    json_output: bool,
+    rebuild_state: bool,
+) -> tuple[Survey, Report, list[int]]:
+    found = survey(loaded, client, store, record_adopted=True, trust_timestamps=rebuild_state)
+    transfer = _LazyAscp(env, client, workdir=loaded.destination / STATE_DIRNAME / "tmp")
+    cancel = threading.Event()
+    reporter = _make_reporter(json_output)
+    applier = Applier(loaded, store, transfer, options=options, reporter=reporter, cancel=cancel)
+    with _signals_cancel(cancel, transfer) as received:
+        try:
+            report = applier.run(found)
+        finally:
+            close = getattr(reporter, "close", None)
+            if close is not None:
+                close()
+    report.token_requests = client.counters.get("download_token", 0)
+    return found, report, received
+
+
+def _parse_max_delete(text: str) -> tuple[int | None, float | None]:
+    """``"10"`` is a count, ``"25%"`` a share of the recorded files."""
+    try:
+        if text.endswith("%"):
+            share = float(text[:-1]) / 100
+            if not 0 <= share <= 1:
+                raise ValueError
+            return None, share
+        count = int(text)
+        if count < 0:
+            raise ValueError
+        return count, None
+    except ValueError:
+        raise UsageError(
+            f"--max-delete takes a count (e.g. 100) or a share (e.g. 25%), not {text!r}"
+        ) from None
+
+
+def _set_aside_broken_state(path: Path) -> None:
+    """Move an unreadable state out of the way (never delete it: it is evidence)."""
+    if not path.exists():
+        return
+    try:
+        StateStore.open(path).close()
+        return  # readable: nothing to rebuild; missing records are adopted anyway
+    except StateError:
+        pass
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    for suffix in ("", "-wal", "-shm"):
+        part = path.with_name(path.name + suffix)
+        if part.exists():
+            part.rename(part.with_name(f"{part.name}.broken-{stamp}"))
+    log.warning("the unreadable state was moved to %s.broken-%s", path, stamp)
 
 
 def _finish_apply(
@@ -426,7 +492,32 @@ def verify_command(manifest: ManifestArg, json_output: JsonOpt = False) -> None:
 # -- collaborators ----------------------------------------------------------------------
 
 
+def _netrc_credentials(env: Environment) -> tuple[str | None, str | None]:
+    """The netrc entry for the sign-in host, when the environment gave no credentials."""
+    if env.token or env.password:
+        return env.username, env.password
+    path = Path(env.netrc) if env.netrc else env.home / ".netrc"
+    if not path.is_file():
+        return env.username, env.password
+    host = urlsplit(env.token_url).hostname or ""
+    try:
+        entry = netrc.netrc(str(path)).authenticators(host)
+    except (netrc.NetrcParseError, OSError) as exc:
+        raise UsageError(
+            f"cannot read the netrc file {path}: {getattr(exc, 'msg', exc)}",
+            hint="fix the file (it must be readable only by you: chmod 600), or set "
+            "IMMPORT_USERNAME and IMMPORT_PASSWORD",
+        ) from None
+    if entry is None:
+        return env.username, env.password
+    login, _account, password = entry
+    if env.username and login and login != env.username:
+        return env.username, env.password  # the netrc entry is someone else's
+    return env.username or login or None, password or None
+
+
 def _make_client(env: Environment, *, allow_insecure_http: bool) -> ImmportClient:
+    username, password = _netrc_credentials(env)
     session = requests.Session()
     session.headers["User-Agent"] = f"immsync/{__version__}"
     return ImmportClient(
@@ -434,7 +525,7 @@ def _make_client(env: Environment, *, allow_insecure_http: bool) -> ImmportClien
         token_url=env.token_url,
         data_url=env.data_url,
         query_url=env.query_url,
-        credentials=Credentials(username=env.username, password=env.password, token=env.token),
+        credentials=Credentials(username=username, password=password, token=env.token),
         allow_insecure_http=allow_insecure_http,
     )
 

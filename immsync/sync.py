@@ -26,6 +26,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Protocol
 
@@ -119,6 +120,8 @@ class SyncOptions:
     list_workers: int = 8
     max_delete: int | None = None
     """Refuse a prune that would delete more files than this (None: no limit)."""
+    max_delete_share: float | None = None
+    """Refuse a prune that would delete more than this share of the recorded files."""
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     session_stagger: float = 1.0
     """Seconds between the starts of two transfer sessions."""
@@ -201,6 +204,55 @@ def survey_remote(manifest: Manifest, catalog: RemoteCatalog, *, workers: int = 
     )
 
 
+def drop_case_collisions(remote: RemoteView) -> RemoteView:
+    """Leave out selected paths that differ only in case, naming them as a problem.
+
+    On a case-insensitive filesystem such files would share one local name and the
+    second would silently replace the first; fetching neither is the honest answer.
+    """
+    by_folded: dict[str, list[str]] = {}
+    for path in remote.selected:
+        by_folded.setdefault(path.casefold(), []).append(path)
+    clashes = [sorted(paths) for paths in by_folded.values() if len(paths) > 1]
+    if not clashes:
+        return remote
+    selected = dict(remote.selected)
+    problems = list(remote.problems)
+    for paths in clashes:
+        for path in paths:
+            del selected[path]
+        problems.append(
+            f"{' and '.join(paths)} differ only in case and the destination's filesystem "
+            "is case-insensitive; none of them was fetched"
+        )
+    return RemoteView(
+        selected=selected,
+        listed=remote.listed,
+        failed_roots=remote.failed_roots,
+        problems=tuple(problems),
+        notes=remote.notes,
+    )
+
+
+def is_case_insensitive(folder: Path) -> bool:
+    """Whether *folder* (or its nearest existing ancestor) ignores case in names.
+
+    Decided without writing anything: an existing component with letters is looked
+    up again with its case swapped.
+    """
+    probe = folder.absolute()
+    while True:
+        if probe.exists() and probe.name.swapcase() != probe.name:
+            twin = probe.with_name(probe.name.swapcase())
+            try:
+                return twin.exists() and os.path.samefile(probe, twin)
+            except OSError:
+                return False
+        if probe.parent == probe:
+            return False
+        probe = probe.parent
+
+
 def _with_checksum(
     remote: RemoteFile, checksums: Mapping[str, tuple[str, int]] | None, notes: list[str]
 ) -> RemoteFile:
@@ -241,6 +293,65 @@ def observe_local(
     return observed
 
 
+def adopt_local_files(
+    destination: Path,
+    selected: Mapping[str, RemoteFile],
+    state: Mapping[str, StateEntry],
+    *,
+    trust_timestamps: bool = False,
+) -> list[StateEntry]:
+    """State entries for unrecorded local files that provably are the upstream file.
+
+    Proof is the upstream MD5, checked over the local content. With
+    *trust_timestamps* (``--rebuild-state``), a file with the listing's size and
+    modification time is accepted too: that is what ``ascp -p`` leaves, and the
+    alternative after a lost state is re-downloading the whole mirror.
+    """
+    adopted = []
+    for path, remote in selected.items():
+        if path in state:
+            continue
+        target = destination / path
+        try:
+            st = target.lstat()
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        if not _is_regular(st.st_mode) or st.st_size != remote.size:
+            continue
+        if remote.md5 is None and not (
+            trust_timestamps and _same_second(st.st_mtime, remote.mtime)
+        ):
+            continue
+        try:
+            digests = file_digests(target, md5=remote.md5 is not None)
+        except OSError:
+            continue
+        if remote.md5 is not None and digests.md5 != remote.md5:
+            continue
+        adopted.append(
+            StateEntry(
+                path,
+                st.st_size,
+                st.st_mtime_ns,
+                digests.checksum,
+                remote.size,
+                remote.mtime,
+                remote.md5,
+            )
+        )
+    return adopted
+
+
+def _same_second(local_mtime: float, remote_mtime: str) -> bool:
+    try:
+        parsed = datetime.fromisoformat(remote_mtime)
+    except ValueError:
+        return False
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    return int(local_mtime) == int(parsed.timestamp())
+
+
 def _is_regular(mode: int) -> bool:
     import stat
 
@@ -258,14 +369,35 @@ class Survey:
 
 
 def survey(
-    manifest: Manifest, catalog: RemoteCatalog, store: StateStore, *, list_workers: int = 8
+    manifest: Manifest,
+    catalog: RemoteCatalog,
+    store: StateStore,
+    *,
+    list_workers: int = 8,
+    record_adopted: bool = False,
+    trust_timestamps: bool = False,
 ) -> Survey:
-    """Gather the facts and make the plan (reads, never writes)."""
+    """Gather the facts and make the plan.
+
+    Local files immsync did not record but that provably match upstream are adopted
+    (see ``adopt_local_files``); they are written to the state only when
+    *record_adopted*, so that ``plan`` stays read-only and still shows the truth.
+    """
     remote = survey_remote(manifest, catalog, workers=list_workers)
+    if is_case_insensitive(manifest.destination):
+        remote = drop_case_collisions(remote)
     recorded = store.entries()
     # Records below a folder we could not list are left out of the plan entirely:
     # we know nothing about them, so neither fetching nor deleting them is justified.
     state = {p: e for p, e in recorded.items() if not remote.is_unlisted(p)}
+    adopted = adopt_local_files(
+        manifest.destination, remote.selected, state, trust_timestamps=trust_timestamps
+    )
+    if adopted:
+        if record_adopted:
+            store.record(adopted)
+        state.update((e.path, e) for e in adopted)
+        log.info("adopted %d local file(s) that match upstream", len(adopted))
     observed = observe_local(manifest.destination, state, remote.selected.keys() | state.keys())
     plan = make_plan(remote.selected, state, observed, listed=remote.listed, notes=remote.notes)
     return Survey(plan=plan, remote=remote, state=state, observed=observed)
@@ -426,11 +558,16 @@ class Applier:
         return report
 
     def _check_delete_guard(self, deletions: Sequence[PlanItem], recorded: int) -> None:
-        limit = self.options.max_delete
-        if limit is not None and len(deletions) > limit:
+        count, share = self.options.max_delete, self.options.max_delete_share
+        limit_text = None
+        if count is not None and len(deletions) > count:
+            limit_text = f"the limit of {count}"
+        elif share is not None and len(deletions) > share * recorded:
+            limit_text = f"the limit of {share:.0%} of them"
+        if limit_text is not None:
             raise UsageError(
                 f"--prune would delete {len(deletions)} of {recorded} recorded files, "
-                f"more than the limit of {limit}; nothing was changed",
+                f"more than {limit_text}; nothing was changed",
                 hint="check the manifest (a truncated manifest looks like this); if the "
                 "deletions are intended, raise --max-delete",
             )

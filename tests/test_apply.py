@@ -182,7 +182,12 @@ class TestPrune:
         without = world.apply()
         assert without.exit_code == 0
         assert (world.dest / FCS).exists()  # not deleted without --prune
-        result = world.apply("--prune")
+        guarded = world.apply("--prune")
+        assert guarded.exit_code == ExitCode.USAGE
+        assert "would delete 3 of 4 recorded files, more than the limit of 50% of them" in (
+            guarded.stderr
+        )
+        result = world.apply("--prune", "--max-delete", "3")
         assert result.exit_code == 0, result.output
         assert not (world.dest / FCS).exists()
         assert mine.read_text() == "mine"
