@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
 
@@ -34,6 +34,15 @@ _REBUILD_HINT = (
 )
 
 _COLUMNS = "path, size, mtime_ns, checksum, remote_size, remote_mtime, remote_md5"
+
+# Which upstream version each file in staging belongs to. A partial download is resumed
+# only for the same version; a leftover of another version is discarded first.
+_STAGING_TABLE = """CREATE TABLE staging (
+    path TEXT PRIMARY KEY,
+    remote_size INTEGER NOT NULL,
+    remote_mtime TEXT NOT NULL,
+    remote_md5 TEXT
+) WITHOUT ROWID"""
 
 
 def state_path(destination: Path) -> Path:
@@ -57,7 +66,11 @@ class StateStore:
         """
         if not path.exists():
             if not create:
-                return cls(_empty_memory_db(), path)
+                # Nothing recorded yet: an empty in-memory state, and no file created.
+                memory = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
+                empty = cls(memory, path)
+                empty._initialise()
+                return empty
             try:
                 path.parent.mkdir(parents=True, exist_ok=True)
             except OSError as exc:
@@ -100,8 +113,9 @@ class StateStore:
             )
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
-        # Touch the table so that a damaged page surfaces here, as a StateError.
+        # Touch the tables so that a damaged page surfaces here, as a StateError.
         self._db.execute("SELECT count(*) FROM files").fetchone()
+        self._db.execute("SELECT count(*) FROM staging").fetchone()
 
     def _initialise(self) -> None:
         # WAL: readers (status, verify) never block the writer (apply), and a commit
@@ -121,6 +135,7 @@ class StateStore:
                 remote_md5 TEXT
             ) WITHOUT ROWID"""
         )
+        self._db.execute(_STAGING_TABLE)
         self._db.execute(f"PRAGMA application_id={APPLICATION_ID}")
         self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         self._db.execute("COMMIT")
@@ -154,6 +169,7 @@ class StateStore:
             self._write(
                 f"INSERT OR REPLACE INTO files ({_COLUMNS}) VALUES (?,?,?,?,?,?,?)",  # noqa: S608
                 rows,
+                ("DELETE FROM staging WHERE path = ?", [(row[0],) for row in rows]),
             )
 
     def forget(self, paths: Iterable[str]) -> None:
@@ -162,15 +178,63 @@ class StateStore:
         if rows:
             self._write("DELETE FROM files WHERE path = ?", rows)
 
-    def _write(self, sql: str, rows: Sequence[tuple[object, ...]]) -> None:
-        with self._write_lock:
-            self._write_locked(sql, rows)
+    def claim_staging(self, files: Sequence[tuple[str, int, str, str | None]]) -> list[str]:
+        """Note which upstream version of each file is about to be staged.
 
-    def _write_locked(self, sql: str, rows: Sequence[tuple[object, ...]]) -> None:
+        Args:
+            files: (path, remote size, remote mtime, remote md5) per file.
+
+        Returns:
+            The paths whose staged leftovers, if any, belong to another version (or to
+            none we know of) and must be discarded before the transfer.
+        """
+        wanted = {f[0]: f[1:] for f in files}
+        known: dict[str, tuple[object, ...]] = {}
+        with self._write_lock:
+            for chunk in _chunks(list(wanted), 500):
+                marks = ",".join("?" * len(chunk))
+                query = (
+                    "SELECT path, remote_size, remote_mtime, remote_md5 FROM staging "  # noqa: S608
+                    f"WHERE path IN ({marks})"
+                )
+                for path, *identity in self._db.execute(query, chunk):
+                    known[path] = tuple(identity)
+        stale = [p for p, identity in wanted.items() if known.get(p) != identity]
+        if stale:
+            self._write(
+                "INSERT OR REPLACE INTO staging VALUES (?,?,?,?)",
+                [(p, *wanted[p]) for p in stale],
+            )
+        return stale
+
+    def release_staging(self, keep: Iterable[str] = ()) -> None:
+        """Forget staged versions, except those of *keep* (partials kept for resume)."""
+        kept = set(keep)
+        with self._write_lock:
+            paths = [row[0] for row in self._db.execute("SELECT path FROM staging")]
+        self._write("DELETE FROM staging WHERE path = ?", [(p,) for p in paths if p not in kept])
+
+    def _write(
+        self,
+        sql: str,
+        rows: Sequence[tuple[object, ...]],
+        *also: tuple[str, Sequence[tuple[object, ...]]],
+    ) -> None:
+        with self._write_lock:
+            self._write_locked(sql, rows, *also)
+
+    def _write_locked(
+        self,
+        sql: str,
+        rows: Sequence[tuple[object, ...]],
+        *also: tuple[str, Sequence[tuple[object, ...]]],
+    ) -> None:
         try:
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 self._db.executemany(sql, rows)
+                for extra_sql, extra_rows in also:
+                    self._db.executemany(extra_sql, extra_rows)
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
@@ -196,10 +260,6 @@ class StateStore:
         self.close()
 
 
-def _empty_memory_db() -> sqlite3.Connection:
-    db = sqlite3.connect(":memory:", isolation_level=None)
-    db.execute(
-        "CREATE TABLE files (path TEXT PRIMARY KEY, size INTEGER, mtime_ns INTEGER, "
-        "checksum TEXT, remote_size INTEGER, remote_mtime TEXT, remote_md5 TEXT)"
-    )
-    return db
+def _chunks(items: list[str], size: int) -> Iterator[list[str]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]

@@ -20,7 +20,7 @@ import heapq
 import logging
 import os
 import random
-import shutil
+import stat
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -66,6 +66,9 @@ log = logging.getLogger(__name__)
 
 STAGING_DIRNAME = "staging"
 _DESTINATION_UNUSABLE = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS})
+# What ascp may leave of one file in staging: the file, its partial-file-suffix form,
+# and the resume sidecars of either.
+_STAGED_SUFFIXES = ("", ".partial", ".aspx", ".partial.aspx")
 
 
 class RemoteCatalog(Protocol):
@@ -353,8 +356,6 @@ def _same_second(local_mtime: float, remote_mtime: str) -> bool:
 
 
 def _is_regular(mode: int) -> bool:
-    import stat
-
     return stat.S_ISREG(mode)
 
 
@@ -529,6 +530,7 @@ class Applier:
         self._stop = self.cancel
         self._fatal: ImmsyncError | None = None
         self.staging = self.destination / STATE_DIRNAME / STAGING_DIRNAME
+        self._staging_had_files = self.staging.is_dir() and any(self.staging.iterdir())
 
     def run(self, found: Survey) -> Report:
         started = self._clock()
@@ -639,6 +641,7 @@ class Applier:
         self, items: list[PlanItem], label: str, report: Report, gate: SessionGate
     ) -> None:
         pending = {item.path: item for item in items}
+        self._discard_stale_staging([item.remote for item in items if item.remote is not None])
         backoff = delays(self.options.retry, self._rng)
         checksum_retries: set[str] = set()
         attempt = 0
@@ -705,6 +708,16 @@ class Applier:
                 retry_error.message,
             )
             self._sleep(delay)
+
+    def _discard_stale_staging(self, files: Sequence[RemoteFile]) -> None:
+        """Never resume a partial download of another upstream version of a file."""
+        stale = self.store.claim_staging([(f.path, f.size, f.mtime, f.md5) for f in files])
+        if not self._staging_had_files:
+            return
+        for path in stale:
+            base = self.staging / path
+            for suffix in _STAGED_SUFFIXES:
+                base.with_name(base.name + suffix).unlink(missing_ok=True)
 
     def _abort(self) -> None:
         self._stop.set()
@@ -816,10 +829,11 @@ class Applier:
 
     def _tidy_staging(self, keep: set[str]) -> None:
         """Drop staged leftovers nobody will resume; keep partials of failed files."""
-        if not self.staging.is_dir():
-            return
         if self.cancel.is_set():
             return  # an interrupted run keeps everything for the next one to resume
+        self.store.release_staging(keep)
+        if not self.staging.is_dir():
+            return
         for dirpath, _dirnames, filenames in os.walk(self.staging, topdown=False):
             here = Path(dirpath)
             for name in filenames:
@@ -829,10 +843,6 @@ class Applier:
             if here != self.staging:
                 with contextlib.suppress(OSError):  # not empty: it holds a kept partial
                     here.rmdir()
-
-
-def _failure_text(error: ImmsyncError) -> str:
-    return error.message
 
 
 def _fsync_file(path: Path) -> None:
@@ -852,11 +862,3 @@ def _remove_empty_parents(folder: Path, *, stop: Path) -> None:
         except OSError:
             return
         folder = folder.parent
-
-
-def staging_dir(destination: Path) -> Path:
-    return destination / STATE_DIRNAME / STAGING_DIRNAME
-
-
-def clear_dir(path: Path) -> None:
-    shutil.rmtree(path, ignore_errors=True)

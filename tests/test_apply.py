@@ -167,6 +167,22 @@ class TestRerun:
         assert recorded(world)[FCS].mtime_ns == 1_000_000_000
 
 
+class TestStaging:
+    def test_leftover_of_unknown_version_is_not_resumed(self, world: World):
+        """A staged file left by some other run is discarded, not trusted or resumed."""
+        world.emulator.manifest_available = False  # no MD5 to catch a wrong file later
+        world.write_manifest(SDY1_FLOW_AND_STUDY)
+        size = (world.remote / FCS).stat().st_size
+        leftover = world.dest / ".immsync" / "staging" / FCS
+        leftover.parent.mkdir(parents=True)
+        leftover.write_bytes(b"x" * size)  # right size, wrong bytes
+        (leftover.parent / (leftover.name + ".partial")).write_bytes(b"y" * 10)
+        result = world.apply()
+        assert result.exit_code == 0, result.output
+        assert (world.dest / FCS).read_bytes() == (world.remote / FCS).read_bytes()
+        assert not any(p.is_file() for p in (world.dest / ".immsync" / "staging").rglob("*"))
+
+
 class TestPrune:
     def test_prune_deletes_only_recorded_files(self, world: World):
         """--prune removes deselected recorded files and keeps the user's own files."""
