@@ -313,6 +313,8 @@ class RichReporter:
         self._bytes_task: TaskID | None = None
         self._files_task: TaskID | None = None
         self._sessions: dict[str, TaskID] = {}
+        self._arrived: set[tuple[str, str]] = set()
+        """(session, file name) pairs the transport reported at 100%."""
         self._lock = threading.Lock()
         self._live = False
 
@@ -349,7 +351,14 @@ class RichReporter:
             self._progress.update(self._bytes_task, completed=self._totals.bytes_now())
         task = self._sessions.get(event.session)
         if task is not None:
-            self._files.update(task, description=f"{event.session}: {event.name.strip()}")
+            name = event.name.strip()
+            advance = 0
+            if event.percent == 100:
+                with self._lock:
+                    if (event.session, name) not in self._arrived:
+                        self._arrived.add((event.session, name))
+                        advance = 1
+            self._files.update(task, description=f"{event.session}: {name}", advance=advance)
 
     def file_done(self, outcome: FileOutcome) -> None:
         self._totals.done(outcome)
