@@ -18,6 +18,7 @@ import collections
 import contextlib
 import itertools
 import logging
+import math
 import os
 import re
 import shlex
@@ -213,7 +214,10 @@ def parse_progress(line: str) -> tuple[str, int, int, str | None] | None:
     match = _PROGRESS_RE.match(line)
     if not match:
         return None
-    shown = int(float(match["size"]) * _UNITS[match["unit"]])
+    size = float(match["size"]) * _UNITS[match["unit"]]
+    if not math.isfinite(size):
+        return None  # hundreds of digits: not a size ascp could have printed
+    shown = int(size)
     return match["name"], min(int(match["percent"]), 100), shown, match["rate"]
 
 
@@ -394,16 +398,31 @@ class AscpTransfer:
         session = batch.label or f"ascp-{next(self._counter)}"
         self._raise_if_cancelled(batch, session)
         token = self._token_source(model.batch_paths(batch.files))
-        self._workdir.mkdir(parents=True, exist_ok=True)
-        fd, name = tempfile.mkstemp(prefix="ascp-pairs-", suffix=".txt", dir=self._workdir)
-        pair_list = Path(name)
+        pair_list: Path | None = None
         try:
-            with os.fdopen(fd, "wb") as fh:
-                for file in batch.files:
-                    fh.write(f"{file.remote_path}\n{file.path}\n".encode())
+            try:
+                self._workdir.mkdir(parents=True, exist_ok=True)
+                fd, name = tempfile.mkstemp(
+                    prefix="ascp-pairs-", suffix=".txt", dir=self._workdir
+                )
+                pair_list = Path(name)
+                with os.fdopen(fd, "wb") as fh:
+                    for file in batch.files:
+                        fh.write(f"{file.remote_path}\n{file.path}\n".encode())
+            except OSError as exc:
+                # A full or read-only disk shows here first: say so, as ascp would.
+                reason = f"cannot write the file list in {self._workdir}: {exc.strerror or exc}"
+                raise errors.TransferError(
+                    f"ascp session {session} was not started ({_describe(batch.files)}): "
+                    f"{reason}",
+                    reason=reason,
+                    kind="disk",
+                    hint=_hint("disk", self.settings, batch.staging),
+                ) from exc
             self._run(batch, session, pair_list, token, on_progress)
         finally:
-            pair_list.unlink(missing_ok=True)
+            if pair_list is not None:
+                pair_list.unlink(missing_ok=True)
 
     def terminate(self) -> None:
         """Stop every running session: SIGTERM now, SIGKILL after a grace period.

@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from enum import StrEnum
 from pathlib import Path
 from types import FrameType
 from typing import Annotated, Any
@@ -31,9 +32,22 @@ from rich.console import Console
 from . import __version__
 from .ascp import AscpSettings, AscpTransfer, locate_ascp, locate_key
 from .check import FileState, status, verify
-from .errors import ExitCode, ImmsyncError, StateError, SyncFailed, UsageError
+from .errors import ExitCode, ImmsyncError, LockDrift, StateError, SyncFailed, UsageError
+from .events import EventReporter, EventStream, TeeReporter, write_summary_file
+from .https import HttpsTransfer
 from .immport import Credentials, ImmportClient
+from .init import init_manifest
 from .lock import DestinationLock
+from .lockfile import (
+    LockFile,
+    PinnedCatalog,
+    compare,
+    find_lock,
+    lock_path,
+    make_lock,
+    read_lock,
+    write_lock,
+)
 from .manifest import load_manifest
 from .model import Manifest, Report
 from .render import (
@@ -43,6 +57,7 @@ from .render import (
     checks_summary,
     checks_to_json,
     create_log_config,
+    format_size,
     plan_lines,
     plan_summary,
     plan_to_json,
@@ -50,8 +65,20 @@ from .render import (
     report_to_json,
 )
 from .retry import RetryPolicy
+from .shard import (
+    Shard,
+    all_entries,
+    existing_shards,
+    merge_shards,
+    open_main_with_shards,
+    open_shard_state,
+    shard_lock_path,
+    shard_staging,
+    share_of,
+)
 from .state import STATE_DIRNAME, StateStore, state_path
-from .sync import Applier, Survey, SyncOptions, survey
+from .sync import Applier, Survey, SyncOptions, survey, survey_remote
+from .transports import Choice, choose_transport
 
 log = logging.getLogger("immsync")
 
@@ -66,6 +93,14 @@ app = typer.Typer(
 
 DEFAULT_TOKEN_URL = "https://auth.immport.org/auth/token"  # noqa: S105 - a URL
 DEFAULT_DATA_URL = "https://api.immport.org/data"
+
+
+class TransportMode(StrEnum):
+    """The values of ``apply --transport``."""
+
+    ascp = "ascp"
+    https = "https"
+    auto = "auto"
 
 
 @dataclass(frozen=True, slots=True)
@@ -207,6 +242,14 @@ def validate(manifest: ManifestArg) -> None:
 def plan(
     manifest: ManifestArg,
     json_output: JsonOpt = False,
+    detailed_exitcode: Annotated[
+        bool,
+        typer.Option(
+            "--detailed-exitcode",
+            help="Exit 0 when there is nothing to do, 10 when changes are pending "
+            "(errors keep their own codes).",
+        ),
+    ] = False,
     allow_insecure_http: Annotated[
         bool, typer.Option(help="Allow plain-http API URLs on non-loopback hosts.")
     ] = False,
@@ -214,20 +257,41 @@ def plan(
     """Show what `apply` would do, without changing anything.
 
     Lists the remote files, compares them with the state and the files on disk, and
-    prints each download, update, repair and delete with its reason.
+    prints each download, update, repair and delete with its reason. With a lock file
+    beside the manifest (`immsync lock`), also shows where upstream or the manifest
+    drifted from it.
 
-    Example: immsync plan examples/manifest.yaml --json
+    Example: immsync plan examples/manifest.yaml --json --detailed-exitcode
     """
     with _errors_to_exit_codes():
         loaded = load_manifest(manifest)
         env = Environment.read(os.environ)
         client = _make_client(env, allow_insecure_http=allow_insecure_http)
-        with _open_state(loaded, create=False) as store:
+        with open_main_with_shards(loaded.destination) as store:
             found = survey(loaded, client, store)
+        pinned = find_lock(lock_path(manifest))
+        drift = []
+        if pinned is not None:
+            releases = {a: client.latest_data_release(a) for a in pinned.releases()}
+            drift = compare(
+                pinned,
+                loaded,
+                found.remote.selected,
+                listed=found.remote.listed,
+                unlisted=found.remote.is_unlisted,
+                releases=releases,
+            )
         if json_output:
-            _print_json(plan_to_json(found.plan, problems=found.remote.problems))
+            doc = plan_to_json(found.plan, problems=found.remote.problems)
+            if pinned is not None:
+                doc["lock_drift"] = [d.to_json() for d in drift]
+            _print_json(doc)
         else:
-            for line in [*plan_lines(found.plan), *(f"note: {n}" for n in found.plan.notes)]:
+            for line in [
+                *plan_lines(found.plan),
+                *(f"note: {n}" for n in found.plan.notes),
+                *(f"note: lock: {d}" for d in drift),
+            ]:
                 _out(line)
             _out(plan_summary(found.plan))
         if found.remote.problems:
@@ -237,6 +301,8 @@ def plan(
                 failures=found.remote.problems,
                 hint="check the paths in the manifest against ImmPort",
             )
+        if detailed_exitcode and found.plan:
+            raise typer.Exit(int(ExitCode.CHANGES_PENDING))
 
 
 @app.command()
@@ -278,7 +344,41 @@ def apply(
     retry_wait: Annotated[
         float, typer.Option(min=0, help="First retry delay in seconds; doubles each time.")
     ] = 2.0,
-    json_output: JsonOpt = False,
+    json_output: Annotated[
+        bool,
+        typer.Option(
+            "--json",
+            help="Print a stream of JSON events on stdout, one per line, ending with a "
+            "summary (schemas/events.schema.json).",
+        ),
+    ] = False,
+    summary_file: Annotated[
+        Path | None,
+        typer.Option(
+            metavar="PATH",
+            help="Also write the final summary JSON to PATH (atomically), e.g. for a CI "
+            "artifact.",
+            dir_okay=False,
+            show_default=False,
+        ),
+    ] = None,
+    frozen: Annotated[
+        bool,
+        typer.Option(
+            help="Fetch exactly what the lock file beside the manifest pins; fail, naming "
+            "each file, if upstream or the manifest no longer matches it."
+        ),
+    ] = False,
+    shard_text: Annotated[
+        str | None,
+        typer.Option(
+            "--shard",
+            metavar="K/N",
+            help="Take shard K of N (from 1) of the selected files, with its own state, for "
+            "job arrays; `immsync merge-shards` folds the shards together afterwards.",
+            show_default=False,
+        ),
+    ] = None,
     wait: Annotated[
         float | None,
         typer.Option(
@@ -292,6 +392,15 @@ def apply(
     allow_insecure_http: Annotated[
         bool, typer.Option(help="Allow plain-http API URLs on non-loopback hosts.")
     ] = False,
+    transport: Annotated[
+        TransportMode | None,
+        typer.Option(
+            help="How files travel: ascp, https (ImmPort's download links; nothing to "
+            "install) or auto (ascp when it is installed, else HTTPS). Default: the "
+            "manifest's transport, else auto.",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Make the destination match the manifest: fetch, verify, record.
 
@@ -301,8 +410,18 @@ def apply(
 
     Example: immsync apply examples/manifest.yaml --jobs 4
     """
-    with _errors_to_exit_codes():
+    events = EventStream(typer.echo) if json_output else None
+    out = _ApplyOutput(events, summary_file)
+    with _errors_to_exit_codes(), out.closing_errors():
         loaded = load_manifest(manifest)
+        shard = Shard.parse(shard_text) if shard_text is not None else None
+        if shard is not None and (prune or rebuild_state):
+            raise UsageError(
+                "--shard cannot be combined with --prune or --rebuild-state",
+                hint="merge the shards (`immsync merge-shards`), then prune or rebuild "
+                "with an unsharded apply",
+            )
+        pinned = read_lock(lock_path(manifest)) if frozen else None
         env = Environment.read(os.environ)
         if password_stdin:
             env = _with_stdin_password(env)
@@ -319,23 +438,32 @@ def apply(
             session_stagger=session_stagger,
             retry=RetryPolicy(attempts=retries + 1, base_delay=retry_wait, max_delay=60.0),
         )
-        lock_path = loaded.destination / STATE_DIRNAME / "lock"
+        scope = _Scope(shard, pinned, manifest)
         if dry_run:
-            with _open_state(loaded, create=False) as store:
-                found = survey(loaded, client, store)
+            with scope.open_state(loaded, create=False) as store:
+                found = scope.survey(loaded, client, store)
                 report = Report(plan=found.plan, dry_run=True)
-            _finish_apply(report, found.remote.problems, json_output, prune)
+            out.plan(found)
+            _finish_apply(report, found.remote.problems, out, prune)
             return
-        with DestinationLock(lock_path, wait=wait):
+        if shard is None:
+            destination_lock = loaded.destination / STATE_DIRNAME / "lock"
+        else:
+            destination_lock = shard_lock_path(loaded.destination, shard)
+        with DestinationLock(destination_lock, wait=wait):
             if rebuild_state:
                 _set_aside_broken_state(state_path(loaded.destination))
-            with _open_state(loaded, create=True) as store:
+            if shard is None and existing_shards(loaded.destination):
+                with _open_state(loaded, create=True) as store:
+                    merge_shards(loaded.destination, store)
+            with scope.open_state(loaded, create=True) as store:
                 found, report, received = _apply_locked(
-                    loaded, store, client, env, options, json_output, rebuild_state
+                    loaded, store, client, env, options, out, rebuild_state, scope,
+                    transport=transport.value if transport else None,
                 )
         if received:
-            _interrupted(report, received[0], json_output)
-        _finish_apply(report, found.remote.problems, json_output, prune)
+            _interrupted(report, received[0], out)
+        _finish_apply(report, found.remote.problems, out, prune)
 
 
 def _apply_locked(
@@ -344,14 +472,30 @@ def _apply_locked(
     client: ImmportClient,
     env: Environment,
     options: SyncOptions,
-    json_output: bool,
+    out: _ApplyOutput,
     rebuild_state: bool,
+    scope: _Scope,
+    *,
+    transport: str | None = None,
 ) -> tuple[Survey, Report, list[int]]:
-    found = survey(loaded, client, store, record_adopted=True, trust_timestamps=rebuild_state)
-    transfer = _LazyAscp(env, client, workdir=loaded.destination / STATE_DIRNAME / "tmp")
+    found = scope.survey(
+        loaded, client, store, record_adopted=True, trust_timestamps=rebuild_state
+    )
+    choice = _choose_transport(transport, loaded, env, client, options)
+    if found.plan.to_fetch and not _ctx.quiet:
+        typer.echo(f"transport: {choice.reason}", err=True)
+    transfer = choice.transfer
     cancel = threading.Event()
-    reporter = _make_reporter(json_output)
-    applier = Applier(loaded, store, transfer, options=options, reporter=reporter, cancel=cancel)
+    reporter = _make_reporter(out, found.remote.problems)
+    applier = Applier(
+        loaded,
+        store,
+        transfer,
+        options=options,
+        reporter=reporter,
+        cancel=cancel,
+        staging=scope.staging(loaded),
+    )
     with _signals_cancel(cancel, transfer) as received:
         try:
             report = applier.run(found)
@@ -359,6 +503,9 @@ def _apply_locked(
             close = getattr(reporter, "close", None)
             if close is not None:
                 close()
+            close_transfer = getattr(transfer, "close", None)
+            if close_transfer is not None:
+                close_transfer()
     report.token_requests = client.counters.get("download_token", 0)
     return found, report, received
 
@@ -386,7 +533,9 @@ def _set_aside_broken_state(path: Path) -> None:
     if not path.exists():
         return
     try:
-        StateStore.open(path).close()
+        # create=False reads even where nothing can be written (a full disk), so a
+        # healthy state is never mistaken for a broken one and moved away.
+        StateStore.open(path, create=False).close()
         return  # readable: nothing to rebuild; missing records are adopted anyway
     except StateError:
         pass
@@ -399,11 +548,10 @@ def _set_aside_broken_state(path: Path) -> None:
 
 
 def _finish_apply(
-    report: Report, problems: tuple[str, ...], json_output: bool, prune: bool
+    report: Report, problems: tuple[str, ...], out: _ApplyOutput, prune: bool
 ) -> None:
-    if json_output:
-        _print_json(report_to_json(report, problems=problems))
-    else:
+    out.summary(report, problems)
+    if out.events is None:
         if report.dry_run:
             for line in plan_lines(report.plan):
                 _out(line)
@@ -428,11 +576,10 @@ def _finish_apply(
         )
 
 
-def _interrupted(report: Report, signum: int, json_output: bool) -> None:
+def _interrupted(report: Report, signum: int, out: _ApplyOutput) -> None:
     done = [o for o in report.outcomes if o.ok]
     remaining = len(report.plan.to_fetch) - len(done)
-    if json_output:
-        _print_json(report_to_json(report))
+    out.summary(report, ())
     typer.echo(
         f"error: interrupted: {len(done)} file(s) were completed and recorded, "
         f"{remaining} remain; run the same command again to resume",
@@ -453,7 +600,7 @@ def status_command(manifest: ManifestArg, json_output: JsonOpt = False) -> None:
     with _errors_to_exit_codes():
         loaded = load_manifest(manifest)
         with _open_state(loaded, create=False) as store:
-            checks = status(loaded.destination, store.entries())
+            checks = status(loaded.destination, all_entries(loaded.destination, store.entries()))
         if json_output:
             _print_json(checks_to_json(checks))
         else:
@@ -473,7 +620,7 @@ def verify_command(manifest: ManifestArg, json_output: JsonOpt = False) -> None:
     with _errors_to_exit_codes():
         loaded = load_manifest(manifest)
         with _open_state(loaded, create=False) as store:
-            checks = verify(loaded.destination, store.entries())
+            checks = verify(loaded.destination, all_entries(loaded.destination, store.entries()))
         if json_output:
             _print_json(checks_to_json(checks))
         else:
@@ -487,6 +634,229 @@ def verify_command(manifest: ManifestArg, json_output: JsonOpt = False) -> None:
                 + "\n".join(check_lines(bad)),
                 hint="run `immsync apply` to repair them",
             )
+
+
+@app.command("lock")
+def lock_command(
+    manifest: ManifestArg,
+    allow_insecure_http: Annotated[
+        bool, typer.Option(help="Allow plain-http API URLs on non-loopback hosts.")
+    ] = False,
+) -> None:
+    """Pin what the manifest selects upstream now, in a lock file beside it.
+
+    Writes <manifest stem>.lock.json: every selected file's size, modification time,
+    MD5 (where ImmPort gives one) and data release, sorted and stable, to be
+    committed. `apply --frozen` then fetches exactly that; `plan` shows drift from it.
+
+    Example: immsync lock examples/manifest.yaml
+    """
+    with _errors_to_exit_codes():
+        loaded = load_manifest(manifest)
+        env = Environment.read(os.environ)
+        client = _make_client(env, allow_insecure_http=allow_insecure_http)
+        remote = survey_remote(loaded, client)
+        if remote.problems:
+            raise SyncFailed(
+                "the lock file was not written: some selected paths could not be listed:",
+                exit_code=ExitCode.REMOTE,
+                failures=remote.problems,
+                hint="check the paths in the manifest against ImmPort",
+            )
+        releases = {s.accession: client.latest_data_release(s.accession) for s in loaded.studies}
+        target = lock_path(manifest)
+        try:
+            previous = find_lock(target)
+        except UsageError:
+            previous = None  # unreadable: replaced below, which is what was asked
+        pinned = make_lock(remote.selected, releases, manifest_name=manifest.name)
+        write_lock(target, pinned)
+        total = sum(f.size for f in pinned.files.values())
+        message = f"wrote {target}: {len(pinned.files)} file(s) pinned, {format_size(total)}"
+        if previous is not None:
+            drift = compare(previous, loaded, remote.selected, listed=remote.listed)
+            kinds = [d.kind.value for d in drift]
+            message += (
+                f" ({kinds.count('changed')} changed, {kinds.count('not_in_lock')} added, "
+                f"{kinds.count('not_selected') + kinds.count('gone_upstream')} removed "
+                "since the previous lock)"
+            )
+        _out(message)
+
+
+@app.command("merge-shards")
+def merge_shards_command(
+    manifest: ManifestArg,
+    wait: Annotated[
+        float | None,
+        typer.Option(
+            min=0, help="Wait up to this many seconds for another run on the same destination.",
+            show_default=False,
+        ),
+    ] = None,
+) -> None:
+    """Fold the states of `apply --shard` runs into the destination's main state.
+
+    Run it once every task of the array has finished (it fails naming a shard that
+    is still running). Idempotent: with no shard states left it changes nothing.
+
+    Example: immsync merge-shards examples/manifest.yaml
+    """
+    with _errors_to_exit_codes():
+        loaded = load_manifest(manifest)
+        if not existing_shards(loaded.destination):
+            _out(f"no shard states to merge in {loaded.destination}")
+            return
+        lock_file = loaded.destination / STATE_DIRNAME / "lock"
+        with DestinationLock(lock_file, wait=wait), _open_state(loaded, create=True) as store:
+            result = merge_shards(loaded.destination, store)
+        names = ", ".join(str(s) for s in result.shards)
+        _out(
+            f"merged {len(result.shards)} shard state(s) ({names}): {result.recorded} "
+            f"record(s) written; {result.total} file(s) recorded"
+        )
+
+
+@app.command("init")
+def init_command(
+    accessions: Annotated[
+        list[str],
+        typer.Argument(help="Study accessions, e.g. SDY1 SDY269.", show_default=False),
+    ],
+    results_only: Annotated[
+        bool, typer.Option(help="Take each study's ResultFiles folder only.")
+    ] = False,
+    destination: Annotated[
+        str, typer.Option(help="The manifest's destination folder.")
+    ] = "data",
+    allow_insecure_http: Annotated[
+        bool, typer.Option(help="Allow plain-http API URLs on non-loopback hosts.")
+    ] = False,
+) -> None:
+    """Print a commented manifest for the given studies, from ImmPort's listing.
+
+    Each study's top-level folders and files are named in the manifest, with their
+    sizes, ready to narrow down. Redirect it to a file and edit it.
+
+    Example: immsync init SDY1 SDY269 --results-only > manifest.yaml
+    """
+    with _errors_to_exit_codes():
+        env = Environment.read(os.environ)
+        client = _make_client(env, allow_insecure_http=allow_insecure_http)
+        text = init_manifest(
+            client, accessions, results_only=results_only, destination=destination
+        )
+        typer.echo(text, nl=False)
+
+
+class _ApplyOutput:
+    """Where apply's machine-readable output goes: the event stream and the summary file."""
+
+    def __init__(self, events: EventStream | None, summary_file: Path | None) -> None:
+        self.events = events
+        self.summary_file = summary_file
+        self._summarised = False
+
+    def plan(self, found: Survey) -> None:
+        """The plan event of a run that plans without an Applier (``--dry-run``)."""
+        if self.events is not None:
+            self.events.emit(
+                "plan", {"plan": plan_to_json(found.plan, problems=found.remote.problems)}
+            )
+
+    def summary(self, report: Report, problems: tuple[str, ...]) -> None:
+        document = report_to_json(report, problems=problems)
+        self._summarised = True
+        if self.events is not None:
+            self.events.summary(document)
+        if self.summary_file is not None:
+            write_summary_file(self.summary_file, document)
+
+    @contextmanager
+    def closing_errors(self) -> Iterator[None]:
+        """A run that fails before its summary ends the stream (and the file) with the error."""
+        try:
+            yield
+        except ImmsyncError as exc:
+            if not self._summarised:
+                if self.events is not None:
+                    self.events.error(exc)
+                if self.summary_file is not None:
+                    error = {
+                        "exit_code": int(exc.exit_code),
+                        "message": exc.message,
+                        "hint": exc.hint,
+                    }
+                    write_summary_file(self.summary_file, {"error": error})
+            raise
+
+
+@dataclass(frozen=True, slots=True)
+class _Scope:
+    """What a run covers: one shard or the whole selection, frozen to a lock or not."""
+
+    shard: Shard | None
+    pinned: LockFile | None
+    manifest_path: Path
+
+    @contextmanager
+    def open_state(self, manifest: Manifest, *, create: bool) -> Iterator[StateStore]:
+        """The shard's own state, or the main state (which, to plan, shows shards' records)."""
+        destination = manifest.destination
+        if self.shard is not None:
+            store: StateStore = open_shard_state(destination, self.shard, create=create)
+        elif create:
+            store = StateStore.open(state_path(destination), create=True)
+        else:
+            store = open_main_with_shards(destination)
+        try:
+            yield store
+        finally:
+            store.close()
+
+    def staging(self, manifest: Manifest) -> Path | None:
+        return None if self.shard is None else shard_staging(manifest.destination, self.shard)
+
+    def survey(
+        self,
+        manifest: Manifest,
+        client: ImmportClient,
+        store: StateStore,
+        *,
+        record_adopted: bool = False,
+        trust_timestamps: bool = False,
+    ) -> Survey:
+        """Plan this run's share; with a lock, refuse (LockDrift) if it no longer matches."""
+        catalog: Any = client if self.pinned is None else PinnedCatalog(client, self.pinned)
+        found = survey(
+            manifest,
+            catalog,
+            store,
+            record_adopted=record_adopted,
+            trust_timestamps=trust_timestamps,
+            share=None if self.shard is None else share_of(self.shard),
+        )
+        if self.pinned is not None:
+            drift = [
+                d
+                for d in compare(
+                    self.pinned,
+                    manifest,
+                    found.remote.selected,
+                    listed=found.remote.listed,
+                    unlisted=found.remote.is_unlisted,
+                )
+                if d.blocks_frozen
+            ]
+            if drift:
+                raise LockDrift(
+                    f"--frozen: {len(drift)} file(s) no longer match the lock file "
+                    f"{lock_path(self.manifest_path)}; nothing was fetched:",
+                    drift=(*(str(d) for d in drift), *found.remote.problems),
+                    hint="if the change is intended, run `immsync lock MANIFEST`, review the "
+                    "lock file's diff and commit it",
+                )
+        return found
 
 
 # -- collaborators ----------------------------------------------------------------------
@@ -548,6 +918,44 @@ def _open_state(manifest: Manifest, *, create: bool) -> Iterator[StateStore]:
         store.close()
 
 
+def _choose_transport(
+    given: str | None,
+    loaded: Manifest,
+    env: Environment,
+    client: ImmportClient,
+    options: SyncOptions,
+) -> Choice:
+    """The transport for this run: --transport, else the manifest's, else auto."""
+    if given:
+        mode, origin = given, "--transport"
+    elif loaded.transport:
+        mode, origin = loaded.transport, f"the manifest's transport: {loaded.transport}"
+    else:
+        mode, origin = "auto", ""
+
+    def probe_ascp() -> str:
+        binary = locate_ascp(env.ascp, path_env=env.path, home=env.home)
+        locate_key(env.aspera_key, binary)
+        return f"found at {binary}"
+
+    def make_https() -> HttpsTransfer:
+        def new_session() -> requests.Session:
+            session = requests.Session()
+            session.headers["User-Agent"] = f"immsync/{__version__}"
+            return session
+
+        return HttpsTransfer(client, jobs=options.jobs, session_factory=new_session)
+
+    workdir = loaded.destination / STATE_DIRNAME / "tmp"
+    return choose_transport(
+        mode,
+        make_ascp=lambda: _LazyAscp(env, client, workdir=workdir),
+        make_https=make_https,
+        probe_ascp=probe_ascp,
+        origin=origin,
+    )
+
+
 class _LazyAscp:
     """Finds ``ascp`` only when a transfer is needed, so no-op runs work without it."""
 
@@ -602,18 +1010,28 @@ def _child_environment() -> dict[str, str]:
     }
 
 
-def _make_reporter(json_output: bool) -> Any:
-    if _ctx.quiet or json_output:
-        from .sync import NullReporter
+def _make_reporter(out: _ApplyOutput, problems: tuple[str, ...]) -> Any:
+    human: Any = None
+    if not _ctx.quiet:
+        if sys.stderr.isatty():
+            human = RichReporter(Console(stderr=True))
+        else:
+            human = LineReporter(lambda line: typer.echo(line, err=True))
+    if out.events is None:
+        if human is None:
+            from .sync import NullReporter
 
-        return NullReporter()
-    if sys.stderr.isatty():
-        return RichReporter(Console(stderr=True))
-    return LineReporter(lambda line: typer.echo(line, err=True))
+            return NullReporter()
+        return human
+    # With --json, stdout carries the events and stderr still the human progress.
+    events = EventReporter(
+        out.events, plan_document=lambda plan: plan_to_json(plan, problems=problems)
+    )
+    return events if human is None else TeeReporter([events, human])
 
 
 @contextmanager
-def _signals_cancel(cancel: threading.Event, transfer: _LazyAscp) -> Iterator[list[int]]:
+def _signals_cancel(cancel: threading.Event, transfer: Any) -> Iterator[list[int]]:
     """On SIGINT/SIGTERM: stop the transfers, let the run record what finished."""
     received: list[int] = []
 

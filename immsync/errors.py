@@ -32,6 +32,8 @@ class ExitCode(IntEnum):
     """``ascp`` or its key file could not be found or started."""
     LOCKED = 9
     """Another immsync run holds the destination."""
+    CHANGES_PENDING = 10
+    """``plan --detailed-exitcode`` only: the plan has changes (not an error)."""
     INTERRUPTED = 130
     """Stopped by SIGINT (Ctrl-C)."""
     TERMINATED = 143
@@ -167,6 +169,27 @@ class LockedError(ImmsyncError):
     """Another immsync process holds the destination's lock."""
 
     exit_code = ExitCode.LOCKED
+
+
+class LockDrift(ImmsyncError):
+    """``apply --frozen``: upstream or the manifest no longer matches the lock file.
+
+    ``drift`` names each file and what differs, one line each.
+    """
+
+    exit_code = ExitCode.USAGE
+
+    def __init__(
+        self, message: str, *, drift: tuple[str, ...] = (), hint: str | None = None
+    ) -> None:
+        super().__init__(message, hint=hint)
+        self.drift = drift
+
+    def __str__(self) -> str:
+        lines = [self.message, *(f"  {d}" for d in self.drift)]
+        if self.hint:
+            lines.append(f"hint: {self.hint}")
+        return "\n".join(lines)
 
 
 class SyncFailed(ImmsyncError):

@@ -26,7 +26,7 @@ from urllib.parse import quote, urlsplit
 import requests
 
 from .errors import ApiError, AuthError, RemoteNotFound, UnsafePath, UsageError
-from .model import RemoteFile
+from .model import RemoteFile, StudyFile
 from .retry import RetryPolicy, call_with_retries
 
 log = logging.getLogger(__name__)
@@ -86,6 +86,10 @@ class Listing:
 
     self_entry: ListingEntry
     items: tuple[ListingEntry, ...]
+
+
+class _UnusableManifest(ApiError):
+    """The study manifest endpoint answered, but not with a list of rows."""
 
 
 class _Unauthorized(Exception):
@@ -148,6 +152,13 @@ class ImmportClient:
         self._counter_lock = threading.Lock()
         self._secrets: set[str] = {s for s in (credentials.password, credentials.token) if s}
         self.counters: dict[str, int] = {"auth": 0, "list": 0, "download_token": 0, "manifest": 0}
+        self._allow_insecure_http = allow_insecure_http
+        # Study file manifests, fetched once per run: planning reads their MD5s, the
+        # HTTPS transport their fileUUIDs.
+        self._manifests: dict[str, list[Any]] = {}
+        self._study_files: dict[str, dict[str, StudyFile]] = {}
+        self._manifest_locks: dict[str, threading.Lock] = {}
+        self._local = threading.local()
         """HTTP requests sent, by kind (retries included), for reports."""
 
     def __repr__(self) -> str:
@@ -405,21 +416,16 @@ class ImmportClient:
         if self.query_url is None:
             log.info("no ImmPort query URL configured: upstream checksums not available")
             return None
-        if not _ACCESSION.fullmatch(accession):
-            raise UsageError(f"not a study accession: {accession!r}")
-        url = f"{self.query_url}/api/study/manifest/{quote(accession, safe='')}"
-        endpoint = f"GET {url}"
+        # Signing in is not part of the manifest: its failure must not pass for
+        # "checksums not available" (and quietly lose the MD5 check).
+        self.bearer_token()
         try:
-            doc = self._call(
-                self._session,
-                "manifest",
-                "GET",
-                url,
-                endpoint,
-                params={"fileType": "all", "format": "json"},
-            )
+            rows = self._manifest_rows(accession)
         except AuthError:
             raise
+        except _UnusableManifest as exc:
+            log.warning("%s; no upstream checksums", exc.message)
+            return None
         except ApiError as exc:
             log.info(
                 "ImmPort file manifest of %s unavailable, so no upstream checksums: %s",
@@ -427,17 +433,9 @@ class ImmportClient:
                 exc.message,
             )
             return None
-        if not isinstance(doc, list):
-            log.warning(
-                "ImmPort file manifest of %s is unusable (a JSON %s, not a list); "
-                "no upstream checksums",
-                accession,
-                _json_type(doc),
-            )
-            return None
         result: dict[str, tuple[str, int]] = {}
         skipped = 0
-        for row in doc:
+        for row in rows:
             parsed = _checksum_row(row)
             if parsed is None:
                 skipped += 1
@@ -452,6 +450,161 @@ class ImmportClient:
                 "y" if skipped == 1 else "ies",
             )
         return result
+
+    def study_files(self, accession: str) -> Mapping[str, StudyFile]:
+        """Every file of a study that has a DRS id (``fileUUID``), by destination-relative path.
+
+        The manifest is fetched once per client and shared with ``study_checksums``;
+        the result is cached too (read-only: do not modify it). Rows without a path or
+        a ``fileUUID`` are left out; MD5 and size are kept when well-formed, else None.
+
+        Raises:
+            UsageError: no query URL is configured, or *accession* is not one.
+            RemoteNotFound: ImmPort has no such study (HTTP 404).
+            ApiError: the manifest could not be fetched or is unusable (``transient``
+                tells whether trying again later may help).
+            AuthError: ImmPort refused the credentials.
+        """
+        if self.query_url is None:
+            raise UsageError(
+                "HTTPS downloads need ImmPort's query API (study file manifests and DRS "
+                "links), and no query URL is configured",
+                hint="set IMMSYNC_QUERY_API_BASE_URL, e.g. https://www.immport.org/data/query",
+            )
+        cached = self._study_files.get(accession)
+        if cached is not None:
+            return cached  # asked once per file downloaded: must not re-parse every row
+        result: dict[str, StudyFile] = {}
+        for row in self._manifest_rows(accession):
+            parsed = _study_file_row(row)
+            if parsed is not None:
+                result.setdefault(parsed.path, parsed)
+        self._study_files[accession] = result
+        return result
+
+    def drs_url(self, file_uuid: str, method: str) -> str:
+        """A short-lived download link for one file: ``GET {query}/drs/download/{method}/{uuid}``.
+
+        The link is a credential (anyone holding it can fetch the file until it
+        expires): callers must not log it whole.
+
+        Args:
+            file_uuid: the file's DRS id, from :meth:`study_files`.
+            method: ``"s3"`` (an S3 presigned URL) or ``"stream"`` (streamed by ImmPort).
+
+        Raises:
+            RemoteNotFound: ImmPort does not know the id (HTTP 404).
+            ApiError: the call failed or the reply holds no usable ``url``; a plain-http
+                link to a non-loopback host is refused unless ``allow_insecure_http``.
+            AuthError: ImmPort refused the credentials.
+        """
+        if method not in ("s3", "stream"):
+            raise ValueError(f"unknown DRS access method {method!r}")
+        if self.query_url is None:
+            raise UsageError(
+                "HTTPS downloads need ImmPort's query API, and no query URL is configured",
+                hint="set IMMSYNC_QUERY_API_BASE_URL, e.g. https://www.immport.org/data/query",
+            )
+        url = f"{self.query_url}/drs/download/{method}/{quote(file_uuid, safe='')}"
+        endpoint = f"GET {url}"
+        doc = self._call(self._thread_session(), "drs", "GET", url, endpoint)
+        if not isinstance(doc, dict):
+            self._malformed(endpoint, f"expected a JSON object, got {_json_type(doc)}")
+        link = doc.get("url")
+        if not isinstance(link, str) or not link.strip():
+            status = doc.get("status")
+            if "error" in doc or "message" in doc:
+                code = status if isinstance(status, int) and not isinstance(status, bool) else None
+                raise ApiError(
+                    f"ImmPort gave no download link at {endpoint}"
+                    f"{self._server_says(json.dumps(doc).encode())}",
+                    status=code,
+                    transient=code is not None and code >= 500,
+                )
+            self._malformed(endpoint, "no 'url' string in the reply")
+        link = link.strip()
+        parts = urlsplit(link)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            self._malformed(endpoint, f"the download link is not an http(s) URL ({parts.scheme}:)")
+        if (
+            parts.scheme == "http"
+            and not _is_loopback(parts.hostname)
+            and not self._allow_insecure_http
+        ):
+            raise ApiError(
+                f"ImmPort gave a plain-http download link at {endpoint} (host "
+                f"{parts.hostname}); refusing to fetch it unencrypted",
+                hint="use --allow-insecure-http only on a network you trust",
+            )
+        return link
+
+    def _manifest_rows(self, accession: str) -> list[Any]:
+        """The study's file manifest as a JSON list, fetched at most once successfully."""
+        if not _ACCESSION.fullmatch(accession):
+            raise UsageError(f"not a study accession: {accession!r}")
+        with self._counter_lock:
+            lock = self._manifest_locks.setdefault(accession, threading.Lock())
+        # One fetch per study even when several download threads ask at once.
+        with lock:
+            cached = self._manifests.get(accession)
+            if cached is not None:
+                return cached
+            url = f"{self.query_url}/api/study/manifest/{quote(accession, safe='')}"
+            endpoint = f"GET {url}"
+            doc = self._call(
+                self._thread_session(),
+                "manifest",
+                "GET",
+                url,
+                endpoint,
+                params={"fileType": "all", "format": "json"},
+            )
+            if not isinstance(doc, list):
+                raise _UnusableManifest(
+                    f"ImmPort file manifest of {accession} is unusable "
+                    f"(a JSON {_json_type(doc)}, not a list)"
+                )
+            self._manifests[accession] = doc
+            return doc
+
+    def _thread_session(self) -> requests.Session:
+        """The given session in the main thread; elsewhere a per-thread copy sharing its pools."""
+        if threading.current_thread() is threading.main_thread():
+            return self._session
+        session: requests.Session | None = getattr(self._local, "session", None)
+        if session is None:
+            session = self._local.session = _clone_session(self._session)
+        return session
+
+    def latest_data_release(self, accession: str) -> str | None:
+        """The study's latest data release (e.g. ``"DR47"``), from its study summary.
+
+        ``GET {query}/api/study/summary/{SDY}``, field ``latestDataReleaseVersion``.
+        Informational (the lock file records it), so any failure gives None.
+
+        Raises:
+            AuthError: ImmPort refused the credentials (that would fail everything else).
+        """
+        if self.query_url is None or not _ACCESSION.fullmatch(accession):
+            return None
+        url = f"{self.query_url}/api/study/summary/{quote(accession, safe='')}"
+        endpoint = f"GET {url}"
+        try:
+            doc = self._call(self._session, "summary", "GET", url, endpoint)
+        except AuthError:
+            raise
+        except ApiError as exc:
+            log.info("ImmPort study summary of %s unavailable: %s", accession, exc.message)
+            return None
+        # Some ImmPort query replies wrap the one object in a list (ImmPortR takes [[1]]).
+        if isinstance(doc, list) and doc:
+            doc = doc[0]
+        value = doc.get("latestDataReleaseVersion") if isinstance(doc, dict) else None
+        if isinstance(value, int) and not isinstance(value, bool):
+            value = str(value)
+        if not isinstance(value, str) or not value.strip() or len(value) > 64:
+            return None
+        return value.strip()
 
     # -- plumbing --------------------------------------------------------------------
 
@@ -550,6 +703,9 @@ class ImmportClient:
                 json=json_body,
                 params=params,
                 headers=sent,
+                # An explicit auth keeps requests from consulting ~/.netrc, which would
+                # replace our bearer header with Basic auth (and send the password along).
+                auth=_headers_as_given,
                 timeout=self._timeout,
                 stream=True,
             ) as response:
@@ -629,6 +785,9 @@ class ImmportClient:
             )
         try:
             return json.loads(text)
+        except RecursionError:
+            # json's parser recurses once per nesting level; hostile input can exhaust it.
+            self._malformed(endpoint, "the JSON is nested too deeply")
         except json.JSONDecodeError as exc:
             # An unterminated string can only mean the text ended inside it.
             if exc.pos >= len(text.rstrip()) or exc.msg.startswith("Unterminated string"):
@@ -648,7 +807,7 @@ class ImmportClient:
         """``': "<message>"'`` quoting the server's error message, or ``''``."""
         try:
             doc = json.loads(body.decode("utf-8", "replace"))
-        except (json.JSONDecodeError, ValueError):
+        except (json.JSONDecodeError, ValueError, RecursionError):
             return ": the reply was an HTML page" if body.lstrip().startswith(b"<") else ""
         if not isinstance(doc, dict):
             return ""
@@ -747,6 +906,23 @@ def _checksum_row(row: Any) -> tuple[str, str, int] | None:
     return path.strip().lstrip("/"), md5.strip().lower(), size
 
 
+def _study_file_row(row: Any) -> StudyFile | None:
+    if not isinstance(row, dict):
+        return None
+    path, file_uuid = row.get("path"), row.get("fileUUID")
+    if not isinstance(path, str) or not path.strip().strip("/"):
+        return None
+    if not isinstance(file_uuid, str) or not file_uuid.strip():
+        return None
+    md5, size = row.get("generatedMD5"), row.get("filesizeBytes")
+    return StudyFile(
+        path=path.strip().lstrip("/"),
+        uuid=file_uuid.strip(),
+        md5=md5.strip().lower() if isinstance(md5, str) and _MD5.fullmatch(md5.strip()) else None,
+        size=size if isinstance(size, int) and not isinstance(size, bool) and size >= 0 else None,
+    )
+
+
 def _child_path(item: ListingEntry, parent: str) -> tuple[str, str | None]:
     """The item's normalised path, and why it is refused (None when it is fine)."""
     raw = item.path
@@ -831,6 +1007,10 @@ def _parse_retry_after(value: str | None) -> float | None:
     except (TypeError, ValueError):
         return None
     return max(0.0, when.timestamp() - time.time())
+
+
+def _headers_as_given(request: requests.PreparedRequest) -> requests.PreparedRequest:
+    return request
 
 
 def _first_line(exc: BaseException) -> str:

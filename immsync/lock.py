@@ -7,6 +7,7 @@ left by a killed run is never stale: the next run simply gets it. The file's con
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
@@ -67,8 +68,11 @@ class DestinationLock:
             "host": socket.gethostname(),
             "started": datetime.now(UTC).isoformat(timespec="seconds"),
         }
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, json.dumps(holder_info).encode() + b"\n", 0)
+        # Who holds the lock is only told to others; a full disk must not stop the run
+        # (it is reported where it matters, with its own message).
+        with contextlib.suppress(OSError):
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, json.dumps(holder_info).encode() + b"\n", 0)
         self._fd = fd
 
     def release(self) -> None:

@@ -200,7 +200,10 @@ def _interpret(path: Path, data: dict[str, Any]) -> model.Manifest:
     # abspath, not resolve(): keep the names the user wrote (a symlinked data folder
     # stays recognisable in messages) while removing "." and ".." lexically.
     return model.Manifest(
-        source=path, destination=Path(os.path.abspath(destination)), studies=studies
+        source=path,
+        destination=Path(os.path.abspath(destination)),
+        studies=studies,
+        transport=data.get("transport"),
     )
 
 
@@ -489,6 +492,8 @@ class _Checker:
             return "must not be empty"
         if kind == "minItems":
             return _EMPTY_LIST.get(name, "must not be empty")
+        if kind == "enum" and name == "transport":
+            return f"unknown transport {_text(value, node)}: use ascp, https or auto"
         if kind == "pattern" and isinstance(value, str):
             return (
                 f"{_show(value)} is not a study accession: "

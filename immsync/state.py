@@ -13,6 +13,7 @@ re-downloading everything.
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import threading
 from collections.abc import Iterable, Iterator, Sequence
@@ -31,6 +32,17 @@ STATE_FILENAME = "state.sqlite"
 _REBUILD_HINT = (
     "move {path} aside and run `immsync apply --rebuild-state MANIFEST` to re-create it "
     "from the files on disk (they are re-hashed, not re-downloaded)"
+)
+
+# SQLite error names that mean trouble with the disk or permissions, not a bad file.
+_LOCAL_TROUBLE = (
+    "SQLITE_CANTOPEN",
+    "SQLITE_READONLY",
+    "SQLITE_PERM",
+    "SQLITE_IOERR",
+    "SQLITE_FULL",
+    "SQLITE_BUSY",
+    "SQLITE_LOCKED",
 )
 
 _COLUMNS = "path, size, mtime_ns, checksum, remote_size, remote_mtime, remote_md5"
@@ -87,9 +99,38 @@ class StateStore:
             store = cls(db, path)
             store._prepare()
         except sqlite3.DatabaseError as exc:
+            if getattr(exc, "sqlite_errorname", "").startswith(_LOCAL_TROUBLE):
+                # Not corruption: never advise setting a healthy state aside.
+                if not create:
+                    return cls._open_unwritable(path, exc)
+                raise StateError(
+                    f"cannot open the state file {path}: {exc}",
+                    hint=f"check free space and that you may write in {path.parent} "
+                    "(SQLite creates files beside the state, even to read it)",
+                ) from exc
             raise StateError(
                 f"the state file {path} is unreadable or corrupt: {exc}",
                 hint=_REBUILD_HINT.format(path=path),
+            ) from exc
+        return store
+
+    @classmethod
+    def _open_unwritable(cls, path: Path, first: sqlite3.DatabaseError) -> StateStore:
+        """Read a state where nothing can be written: a read-only mount, a full disk.
+
+        SQLite cannot open a WAL database without creating its ``-shm`` file, unless
+        told the file is immutable; that nothing can be written here is what makes
+        this true enough to read it for ``status``, ``verify`` and ``plan``.
+        """
+        uri = path.absolute().as_uri() + "?mode=ro&immutable=1"
+        try:
+            db = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
+            store = cls(db, path)
+            store._prepare()
+        except sqlite3.DatabaseError as exc:
+            raise StateError(
+                f"cannot open the state file {path}: {first}",
+                hint=f"check that you may read {path} and write in {path.parent}",
             ) from exc
         return store
 
@@ -115,7 +156,16 @@ class StateStore:
         self._db.execute("PRAGMA synchronous=NORMAL")
         # Touch the tables so that a damaged page surfaces here, as a StateError.
         self._db.execute("SELECT count(*) FROM files").fetchone()
-        self._db.execute("SELECT count(*) FROM staging").fetchone()
+        has_staging = self._db.execute(
+            "SELECT count(*) FROM sqlite_master WHERE type='table' AND name='staging'"
+        ).fetchone()[0]
+        if has_staging:
+            self._db.execute("SELECT count(*) FROM staging").fetchone()
+        else:
+            # Early version-1 states had no staging table; it holds nothing durable,
+            # and a read-only open simply goes without it.
+            with contextlib.suppress(sqlite3.OperationalError):
+                self._db.execute(_STAGING_TABLE)
 
     def _initialise(self) -> None:
         # WAL: readers (status, verify) never block the writer (apply), and a commit
@@ -143,13 +193,15 @@ class StateStore:
     def entries(self) -> dict[str, StateEntry]:
         """Every recorded file, by path."""
         try:
-            rows = self._db.execute(f"SELECT {_COLUMNS} FROM files").fetchall()  # noqa: S608 - constant
+            # Straight from the cursor: a fetchall() list of 100,000 row tuples would
+            # only add to the peak memory of planning.
+            rows = self._db.execute(f"SELECT {_COLUMNS} FROM files")  # noqa: S608 - constant
+            return {row[0]: StateEntry(*row) for row in rows}
         except sqlite3.DatabaseError as exc:
             raise StateError(
                 f"the state file {self.path} is corrupt: {exc}",
                 hint=_REBUILD_HINT.format(path=self.path),
             ) from exc
-        return {row[0]: StateEntry(*row) for row in rows}
 
     def record(self, entries: Iterable[StateEntry]) -> None:
         """Record *entries* in one transaction: all of them, or (on a crash) none."""

@@ -23,7 +23,7 @@ import random
 import stat
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -38,6 +38,7 @@ from .errors import (
     ImmsyncError,
     LocalIOError,
     RemoteNotFound,
+    StateError,
     TransferError,
     UnsafePath,
     UsageError,
@@ -167,7 +168,8 @@ def survey_remote(manifest: Manifest, catalog: RemoteCatalog, *, workers: int = 
 
     for study in manifest.studies:
         checksums = catalog.study_checksums(study.accession)
-        if checksums is None:
+        # An empty manifest (every row unusable) verifies nothing either: say so.
+        if not checksums:
             notes.append(
                 f"{study.accession}: upstream checksums not available; "
                 "files are verified by size and recorded with xxh3_128"
@@ -326,6 +328,11 @@ def adopt_local_files(
         ):
             continue
         try:
+            # Reached through a symlink that leaves the destination: not ours to record.
+            resolve_inside(destination, path)
+        except UnsafePath:
+            continue
+        try:
             digests = file_digests(target, md5=remote.md5 is not None)
         except OSError:
             continue
@@ -377,30 +384,44 @@ def survey(
     list_workers: int = 8,
     record_adopted: bool = False,
     trust_timestamps: bool = False,
+    share: Callable[[Mapping[str, RemoteFile]], Collection[str]] | None = None,
 ) -> Survey:
     """Gather the facts and make the plan.
 
     Local files immsync did not record but that provably match upstream are adopted
     (see ``adopt_local_files``); they are written to the state only when
     *record_adopted*, so that ``plan`` stays read-only and still shows the truth.
+
+    With *share* (``apply --shard``), only the paths it picks from the whole selection
+    are planned, and records of other paths are left out (another shard owns them);
+    ``Survey.remote`` is still the whole selection.
     """
     remote = survey_remote(manifest, catalog, workers=list_workers)
     if is_case_insensitive(manifest.destination):
         remote = drop_case_collisions(remote)
+    selected = remote.selected
+    mine: Collection[str] | None = None
+    if share is not None:
+        mine = frozenset(share(remote.selected))
+        selected = {p: f for p, f in remote.selected.items() if p in mine}
     recorded = store.entries()
     # Records below a folder we could not list are left out of the plan entirely:
     # we know nothing about them, so neither fetching nor deleting them is justified.
-    state = {p: e for p, e in recorded.items() if not remote.is_unlisted(p)}
+    state = {
+        p: e
+        for p, e in recorded.items()
+        if not remote.is_unlisted(p) and (mine is None or p in mine)
+    }
     adopted = adopt_local_files(
-        manifest.destination, remote.selected, state, trust_timestamps=trust_timestamps
+        manifest.destination, selected, state, trust_timestamps=trust_timestamps
     )
     if adopted:
         if record_adopted:
             store.record(adopted)
         state.update((e.path, e) for e in adopted)
         log.info("adopted %d local file(s) that match upstream", len(adopted))
-    observed = observe_local(manifest.destination, state, remote.selected.keys() | state.keys())
-    plan = make_plan(remote.selected, state, observed, listed=remote.listed, notes=remote.notes)
+    observed = observe_local(manifest.destination, state, selected.keys() | state.keys())
+    plan = make_plan(selected, state, observed, listed=remote.listed, notes=remote.notes)
     return Survey(plan=plan, remote=remote, state=state, observed=observed)
 
 
@@ -511,10 +532,15 @@ class Applier:
         options: SyncOptions,
         reporter: Reporter | None = None,
         cancel: threading.Event | None = None,
-        sleep: Callable[[float], None] = time.sleep,
+        sleep: Callable[[float], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
         rng: random.Random | None = None,
+        staging: Path | None = None,
     ) -> None:
+        """*sleep* defaults to a wait that a cancel or fatal error cuts short.
+
+        *staging* defaults to ``<destination>/.immsync/staging``; each shard has its own.
+        """
         self.manifest = manifest
         self.destination = manifest.destination
         self.store = store
@@ -522,14 +548,15 @@ class Applier:
         self.options = options
         self.reporter: Reporter = reporter or NullReporter()
         self.cancel = cancel or threading.Event()
-        self._sleep = sleep
+        # A retry delay can last a minute: an interrupted run must not sit it out.
+        self._sleep = sleep or self._wait_unless_stopped
         self._clock = clock
         self._rng = rng or random.Random()
         self._lock = threading.Lock()
         # One event ends the run early, whether the user cancelled or an error is fatal.
         self._stop = self.cancel
         self._fatal: ImmsyncError | None = None
-        self.staging = self.destination / STATE_DIRNAME / STAGING_DIRNAME
+        self.staging = staging or self.destination / STATE_DIRNAME / STAGING_DIRNAME
         self._staging_had_files = self.staging.is_dir() and any(self.staging.iterdir())
 
     def run(self, found: Survey) -> Report:
@@ -551,9 +578,17 @@ class Applier:
         report.elapsed = self._clock() - started
         if self._fatal is not None:
             done = sum(1 for o in report.outcomes if o.ok)
-            raise LocalIOError(
+            stopped = (
                 f"stopped: {self._fatal.message}; {done} file(s) were completed and recorded "
-                "before it",
+                "before it"
+            )
+            fatal = self._fatal
+            if isinstance(fatal, TransferError) and fatal.kind != "disk":
+                raise TransferError(
+                    stopped, reason=fatal.reason, kind=fatal.kind, hint=fatal.hint
+                )
+            raise LocalIOError(
+                stopped,
                 hint="free some space on the destination (partial downloads are kept in "
                 f"{self.staging} and resume), then run the same command again",
             )
@@ -662,13 +697,24 @@ class Applier:
                     self.transfer.fetch(batch, self.reporter.progress)
                 except TransferError as exc:
                     error = exc
+                    # Sessions started after this one ran beside it too: a refusal is
+                    # "alone" only if none ran when it started nor when it failed.
+                    concurrent = max(concurrent, gate.concurrent)
             # Whatever arrived complete is verified and kept, even if the session failed.
             for path in list(pending):
-                if self._collect(pending[path], report, checksum_retries) is not None:
+                collected = self._collect(
+                    pending[path], report, checksum_retries, finished=error is None
+                )
+                if collected is not None:
                     del pending[path]
             if not pending or self._stop.is_set():
                 return
-            if error is not None and error.kind == "disk":
+            lone_refusal = (
+                error is not None and error.kind == "auth" and concurrent <= 1 and gate.limit <= 1
+            )
+            if error is not None and (error.kind == "disk" or lone_refusal):
+                # Every other session would fail alike (no space left; a key the server
+                # refuses even to a lone session): stop now, keep what is done.
                 self._fatal = error
                 self._abort()
                 for item in pending.values():
@@ -719,6 +765,9 @@ class Applier:
             for suffix in _STAGED_SUFFIXES:
                 base.with_name(base.name + suffix).unlink(missing_ok=True)
 
+    def _wait_unless_stopped(self, seconds: float) -> None:
+        self._stop.wait(seconds)
+
     def _abort(self) -> None:
         self._stop.set()
         terminate = getattr(self.transfer, "terminate", None)
@@ -726,9 +775,13 @@ class Applier:
             terminate()
 
     def _collect(
-        self, item: PlanItem, report: Report, checksum_retries: set[str]
+        self, item: PlanItem, report: Report, checksum_retries: set[str], *, finished: bool
     ) -> FileOutcome | None:
-        """Verify, place and record one staged file; None if it has not arrived complete."""
+        """Verify, place and record one staged file; None if it has not arrived complete.
+
+        *finished*: the session reported success, so a short file is not a partial
+        still arriving but a truncated one: a size mismatch.
+        """
         remote = item.remote
         assert remote is not None
         staged = self.staging / remote.path
@@ -738,7 +791,7 @@ class Applier:
             return None
         if not _is_regular(st.st_mode):
             return self._fail(item, report, f"the transfer left a non-file at {staged}")
-        if st.st_size < remote.size:
+        if st.st_size < remote.size and not finished:
             return None  # partial: kept in staging so the next attempt resumes it
         try:
             outcome = self._verify_and_place(item, remote, staged)
@@ -748,9 +801,9 @@ class Applier:
                 checksum_retries.add(remote.path)
                 log.warning("%s; fetching it once more", exc.message)
                 return None
-            return self._fail(item, report, exc.message)
+            return self._fail(item, report, _without_path(exc.message, remote.path))
         except (LocalIOError, UnsafePath) as exc:
-            return self._fail(item, report, exc.message)
+            return self._fail(item, report, _without_path(exc.message, remote.path))
         with self._lock:
             report.outcomes.append(outcome)
         self.reporter.file_done(outcome)
@@ -799,8 +852,26 @@ class Applier:
             remote_md5=remote.md5,
         )
         with self._lock:
-            self.store.record([entry])
+            try:
+                self.store.record([entry])
+            except StateError:
+                # On a full disk the partial download that filled it leaves no room for
+                # the record of a file already verified and placed. Recording what is
+                # done matters more than resuming a partial: free them and try once more.
+                if not self._drop_partials():
+                    raise
+                log.warning("the destination is full: partial downloads were deleted")
+                self.store.record([entry])
         return FileOutcome(remote.path, item.action, ok=True, size=remote.size)
+
+    def _drop_partials(self) -> bool:
+        """Delete the incomplete downloads in staging; True if there were any."""
+        dropped = False
+        for partial in [*self.staging.rglob("*.partial"), *self.staging.rglob("*.aspx")]:
+            with contextlib.suppress(OSError):
+                partial.unlink()
+                dropped = True
+        return dropped
 
     def _fail(self, item: PlanItem, report: Report, error: str) -> FileOutcome:
         outcome = FileOutcome(item.path, item.action, ok=False, size=item.size, error=error)
@@ -843,6 +914,12 @@ class Applier:
             if here != self.staging:
                 with contextlib.suppress(OSError):  # not empty: it holds a kept partial
                     here.rmdir()
+
+
+def _without_path(message: str, path: str) -> str:
+    # A failure is shown as "<path>: <error>": an error naming the path itself would
+    # print it twice.
+    return message.removeprefix(f"{path}: ")
 
 
 def _fsync_file(path: Path) -> None:

@@ -112,3 +112,12 @@ def _world(tmp_path: Path) -> Any:
             "PATH": os.environ.get("PATH", ""),
         }
         yield World(root, remote, emulator, config, aspera, env)
+
+
+# Hypothesis: the default suite keeps properties small and untimed (CI machines vary);
+# `HYPOTHESIS_PROFILE=long .venv/bin/pytest tests/test_badinput.py` is a soak run.
+from hypothesis import settings as _hypothesis_settings  # noqa: E402
+
+_hypothesis_settings.register_profile("long", max_examples=2000, deadline=None)
+if os.environ.get("HYPOTHESIS_PROFILE"):
+    _hypothesis_settings.load_profile(os.environ["HYPOTHESIS_PROFILE"])

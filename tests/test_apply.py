@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from pathlib import Path
@@ -32,6 +33,13 @@ def remote_files(world: World, prefix: str) -> list[str]:
 def recorded(world: World) -> dict:
     with StateStore.open(state_path(world.dest), create=False) as store:
         return store.entries()
+
+
+def summary(result) -> dict:
+    """The closing event of `apply --json`: the plan and the result, as one document."""
+    event = json.loads(result.stdout.splitlines()[-1])
+    assert event["type"] == "summary", event
+    return event
 
 
 def replace_upstream(world: World, path: str, data: bytes) -> None:
@@ -82,11 +90,11 @@ class TestFirstSync:
         assert not staging.exists() or not any(p.is_file() for p in staging.rglob("*"))
 
     def test_json_output(self, world: World):
-        """--json prints one document with the plan and the result counts."""
+        """--json ends its event stream with a summary holding the plan and the result counts."""
         world.write_manifest(SDY1_FLOW_AND_STUDY)
         result = world.apply("--json")
         assert result.exit_code == 0, result.output
-        doc = result.json()
+        doc = summary(result)
         n = len(remote_files(world, FLOW)) + 1
         assert doc["plan"]["summary"] == {
             "download": n, "update": 0, "repair": 0, "delete": 0, "unchanged": 0
@@ -106,7 +114,7 @@ class TestRerun:
         assert result.exit_code == 0
         assert len(world.sessions()) == sessions
         assert world.emulator.count("/data/download/token") == tokens
-        assert result.json()["result"]["counts"]["download"] == 0
+        assert summary(result)["result"]["counts"]["download"] == 0
 
     def test_noop_plan_says_nothing_to_do(self, world: World):
         """plan after a sync lists no actions and counts everything unchanged."""
@@ -126,7 +134,7 @@ class TestRerun:
         assert plan["actions"][0]["reason"].startswith("changed upstream: size")
         result = world.apply("--json")
         assert result.exit_code == 0, result.output
-        assert result.json()["result"]["counts"]["update"] == 1
+        assert summary(result)["result"]["counts"]["update"] == 1
         assert (world.dest / FCS).read_bytes() == b"new content upstream" * 100
         assert world.sessions()[-1]["sources"] == ["/" + FCS]
 
@@ -257,12 +265,12 @@ class TestFailures:
         assert "Traceback" not in result.output
 
     def test_missing_ascp_is_a_setup_error(self, world: World, tmp_path: Path):
-        """No ascp anywhere: exit 8 naming IMMSYNC_ASCP; nothing recorded."""
+        """No ascp anywhere with --transport ascp: exit 8 naming IMMSYNC_ASCP."""
         world.write_manifest(SDY1_FLOW_AND_STUDY)
         world.env["IMMSYNC_ASCP"] = str(tmp_path / "nowhere" / "ascp")
         world.env["HOME"] = str(tmp_path / "empty-home")
         world.env["PATH"] = str(tmp_path / "empty-bin")
-        result = world.apply()
+        result = world.apply("--transport", "ascp")
         assert result.exit_code == ExitCode.SETUP
         assert "IMMSYNC_ASCP" in result.stderr
 

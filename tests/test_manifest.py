@@ -124,7 +124,10 @@ RULES = [
     (
         "unknown-root-key",
         HEAD + "  - accession: SDY1\nextra: 1\n",
-        ["m.yaml:5:1: extra: unknown key 'extra'; allowed keys: version, destination, studies"],
+        [
+            "m.yaml:5:1: extra: unknown key 'extra'; "
+            "allowed keys: version, destination, studies, transport"
+        ],
     ),
     (
         "unknown-key-written-as-boolean",
@@ -600,7 +603,7 @@ def test_many_problems_are_all_reported_in_order() -> None:
         f"{path}:1:1: (document): missing required key 'destination'",
         f"{path}:1:10: version: unsupported version 2: this immsync reads version 1",
         f"{path}:2:1: destinaton: unknown key 'destinaton' (did you mean 'destination'?); "
-        "allowed keys: version, destination, studies",
+        "allowed keys: version, destination, studies, transport",
         f"{path}:4:16: studies[0].accession: 'SDX1' is not a study accession: expected SDY "
         "followed by digits, e.g. SDY269",
         f"{path}:6:9: studies[0].paths[0]: '/SDY1/StudyFiles' is an absolute path: paths are "

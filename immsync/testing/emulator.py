@@ -3,7 +3,8 @@
 It speaks the endpoints immsync uses, with the reply shapes the reference documents
 (``/work/shared/reference/immport-and-ascp.md`` §1): ``POST /auth/token`` (Jackson
 pretty-printed), ``POST /data/list``, ``POST /data/download/token`` (Aspera tokens the
-stand-in ``ascp`` accepts), ``GET /data/query/api/study/manifest/{SDY}``, and the
+stand-in ``ascp`` accepts), ``GET /data/query/api/study/manifest/{SDY}``,
+``GET /data/query/api/study/summary/{SDY}`` (``study_releases``), and the
 DRS ``GET /data/query/drs/download/{s3|stream}/{fileUUID}`` with the presigned URL it
 hands out. Where the real service is not known precisely it accepts every plausible
 client variant (``bearer``/``Bearer``, paths with or without slashes, ``paths`` as a
@@ -12,7 +13,12 @@ string or a list).
 Tests drive it over real sockets and bend it with ``inject`` (faults), ``latency``,
 ``token_reply_keys``, ``manifest_available``, ``md5_overrides``, ``listing_overrides``
 and ``expire_bearer_tokens``; ``requests_log`` records what clients sent (never a
-password). Standard library only, so it also runs as a program:
+password). The DRS links behave like S3 presigned URLs: ``Range`` requests (206,
+``Content-Range``, 416), expiry after ``drs_link_lifetime`` seconds (403 with S3's XML
+``AccessDenied`` / ``Request has expired``), faults from ``inject_blob_fault`` (a
+connection dropped or a body cut short after N bytes, a stall, S3 XML errors, per
+access method), and ``bytes_served`` counts what each file's downloads really sent.
+Standard library only, so it also runs as a program:
 ``python -m immsync.testing.emulator --docroot DIR``.
 """
 
@@ -25,10 +31,12 @@ import hmac
 import json
 import logging
 import os
+import re
 import secrets
 import signal
 import socket
 import stat
+import struct
 import sys
 import threading
 import time
@@ -43,6 +51,7 @@ from pathlib import Path
 from types import FrameType, TracebackType
 from typing import Any, ClassVar
 from urllib.parse import parse_qs, quote, urlsplit
+from xml.sax.saxutils import escape as xml_escape
 
 from immsync.testing import aspera_tokens
 from immsync.testing.aspera_config import FakeAsperaConfig
@@ -52,6 +61,9 @@ log = logging.getLogger(__name__)
 _MAX_REQUEST_BODY = 1 << 20
 _UUID_NAMESPACE = uuid.UUID("6f1f3c52-8a0e-4c4e-9d57-2f0b3c1d2e4f")
 _FILE_TYPES = ("study_file", "result_file", "protocol_file", "archive_file")
+_BLOB_METHODS = ("s3", "stream")
+_BLOB_FAULT_KINDS = ("drop", "short", "stall", "error")
+_RANGE = re.compile(r"bytes=(\d*)-(\d*)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +75,43 @@ class RecordedRequest:
     """The URL path, without the query string."""
     json_body: Any | None
     """The parsed JSON body, or None when there was none or it was not JSON."""
+
+
+@dataclass(frozen=True, slots=True)
+class BlobRequest:
+    """One GET of a DRS link, as the emulator answered it."""
+
+    method: str
+    """``"s3"`` or ``"stream"`` (``""`` for an old-style link without one)."""
+    path: str | None
+    """The file's docroot-relative path, or None when the link named no known file."""
+    range: str | None
+    """The ``Range`` header as sent, if any."""
+    status: int
+
+
+@dataclass(slots=True)
+class _BlobFault:
+    kind: str
+    method: str | None
+    path: str | None
+    remaining: int
+    after_bytes: int
+    status: int
+    code: str
+    message: str
+    seconds: float
+
+
+@dataclass(slots=True)
+class _BlobBody:
+    """A file's bytes to stream after the headers: ``length`` bytes from ``start``."""
+
+    target: Path
+    relpath: str
+    start: int
+    length: int
+    fault: _BlobFault | None = None
 
 
 @dataclass(slots=True)
@@ -102,6 +151,8 @@ class _Reply:
     body: bytes
     content_type: str = "application/json;charset=UTF-8"
     headers: dict[str, str] | None = None
+    stream: _BlobBody | None = None
+    """When set, the body is streamed from a file instead of ``body``."""
 
 
 def _compact(doc: Any) -> bytes:
@@ -175,13 +226,27 @@ class Emulator:
         self.manifest_available = True
         self.md5_overrides: dict[str, str] = {}
         self.listing_overrides: dict[str, list[dict[str, Any]]] = {}
+        self.study_releases: dict[str, str | None] = {}
+        """Accession -> the study summary's ``latestDataReleaseVersion``; by default the
+        highest ``<SDY>-DR<n>`` archive at the study root names it (none: null)."""
         self.latency = 0.0
         self.requests_log: list[RecordedRequest] = []
+        self.drs_link_lifetime = 300.0
+        """Seconds a DRS link stays valid after it is handed out."""
+        self.blob_ignore_range = False
+        """Answer every link GET with the whole file (200), as a server without Range does."""
+        self.blob_chunk_delay = 0.0
+        """Seconds to pause after each 64 KiB of a link's body (a slow network)."""
+        self.blob_requests: list[BlobRequest] = []
+        self._blob_faults: list[_BlobFault] = []
+        self._bytes_served: dict[str, int] = {}
+        self._expired_links = 0
         self._lock = threading.Lock()
         self._bearer: dict[str, float] = {}
         self._issued: list[str] = []
         self._faults: list[_Fault] = []
         self._md5_cache: dict[tuple[str, int, int], str] = {}
+        self._details_cache: dict[tuple[Any, ...], tuple[dict[str, Any], bytes]] = {}
         self._connections: set[socket.socket] = set()
         self._bound_port: int | None = None
         self._server: ThreadingHTTPServer | None = None
@@ -296,6 +361,53 @@ class Emulator:
     def clear_faults(self) -> None:
         with self._lock:
             self._faults.clear()
+            self._blob_faults.clear()
+
+    def inject_blob_fault(
+        self,
+        kind: str,
+        *,
+        method: str | None = None,
+        path: str | None = None,
+        times: int = 1,
+        after_bytes: int = 0,
+        status: int = 500,
+        code: str = "InternalError",
+        message: str = "We encountered an internal error. Please try again.",
+        seconds: float = 5.0,
+    ) -> None:
+        """Make the next *times* DRS link downloads that match misbehave.
+
+        Args:
+            kind: ``"drop"``: the connection is reset after *after_bytes* bytes of the
+                body; ``"short"``: the headers announce the whole body but the
+                connection closes cleanly after *after_bytes* bytes; ``"stall"``: the
+                body pauses *seconds* after *after_bytes* bytes, then goes on;
+                ``"error"``: answer *status* with an S3 XML error (*code*, *message*)
+                instead of the file.
+            method: only links of this access method (``"s3"`` or ``"stream"``).
+            path: only this file (docroot-relative, e.g. ``SDY1/StudyFiles/a.txt``).
+        """
+        if kind not in _BLOB_FAULT_KINDS:
+            raise ValueError(f"unknown blob fault {kind!r}; expected one of {_BLOB_FAULT_KINDS}")
+        fault = _BlobFault(
+            kind, method, path.strip("/") if path else None, times, after_bytes, status,
+            code, message, seconds,
+        )
+        with self._lock:
+            self._blob_faults.append(fault)
+
+    def issue_expired_links(self, times: int = 1) -> None:
+        """Hand out the next *times* DRS links already expired."""
+        with self._lock:
+            self._expired_links += times
+
+    def bytes_served(self, path: str | None = None) -> int:
+        """Body bytes sent by DRS link downloads: of one file (docroot-relative), or all."""
+        with self._lock:
+            if path is None:
+                return sum(self._bytes_served.values())
+            return self._bytes_served.get(path.strip("/"), 0)
 
     def expire_bearer_tokens(self) -> None:
         """Make every bearer token issued so far invalid (as if they had expired)."""
@@ -361,7 +473,7 @@ class Emulator:
             return self._auth_token(body, headers.get("Content-Type", ""))
         if path.startswith("/_blob/"):
             _require_method(method, "GET")
-            return self._blob(path[len("/_blob/") :], query)
+            return self._blob(path[len("/_blob/") :], query, headers.get("Range"))
         if path == "/data" or path.startswith("/data/"):
             self._check_bearer(headers.get("Authorization"))
             if path == "/data/list":
@@ -378,6 +490,10 @@ class Emulator:
             if path.startswith(prefix):
                 _require_method(method, "GET")
                 return self._manifest(path[len(prefix) :], query)
+            prefix = "/data/query/api/study/summary/"
+            if path.startswith(prefix):
+                _require_method(method, "GET")
+                return self._study_summary(path[len(prefix) :])
             prefix = "/data/query/drs/download/"
             if path.startswith(prefix):
                 _require_method(method, "GET")
@@ -459,14 +575,16 @@ class Emulator:
             raise _HttpError(404, f"{norm} not found")
         return target
 
-    def _scan(self, folder: Path) -> list[tuple[Path, os.stat_result]]:
-        """The visible children of *folder*, sorted by name, each with its ``stat``.
+    def _visible(self, folder: str) -> list[tuple[str, str, os.stat_result]]:
+        """``(name, path, stat)`` of each visible child of *folder*, sorted by name.
 
         *folder* is already known to lie inside the docroot, so only a symlink child
         needs resolving (``realpath`` costs an ``lstat`` per path component, which
         made listing 100,000 files take seconds). A symlink's ``stat`` follows it.
+        Plain strings, not ``Path`` objects: building one per file cost more than the
+        system calls.
         """
-        kept: list[tuple[Path, os.stat_result]] = []
+        kept: list[tuple[str, str, os.stat_result]] = []
         try:
             with os.scandir(folder) as it:
                 entries = sorted(it, key=lambda e: e.name)
@@ -476,11 +594,10 @@ class Emulator:
         for entry in entries:
             if entry.name.startswith("."):
                 continue
-            child = folder / entry.name
             try:
                 if entry.is_symlink():
                     root = root or self.docroot.resolve()
-                    resolved = child.resolve(strict=True)
+                    resolved = Path(entry.path).resolve(strict=True)
                     if not resolved.is_relative_to(root):
                         continue
                     st = resolved.stat()
@@ -489,22 +606,35 @@ class Emulator:
             except OSError:
                 continue
             if stat.S_ISDIR(st.st_mode) or stat.S_ISREG(st.st_mode):
-                kept.append((child, st))
+                kept.append((entry.name, entry.path, st))
         return kept
+
+    def _scan(self, folder: Path) -> list[tuple[Path, os.stat_result]]:
+        """The visible children of *folder*, sorted by name, each with its ``stat``."""
+        return [(folder / name, st) for name, _, st in self._visible(str(folder))]
 
     def _children(self, folder: Path) -> list[Path]:
         return [child for child, _ in self._scan(folder)]
 
     def _files_below(self, folder: Path) -> Iterator[Path]:
-        for child, _ in self._stat_files_below(folder):
-            yield child
+        for _, path, _ in self._walk_files(folder):
+            yield Path(path)
 
     def _stat_files_below(self, folder: Path) -> Iterator[tuple[Path, os.stat_result]]:
-        for child, st in self._scan(folder):
+        for _, path, st in self._walk_files(folder):
+            yield Path(path), st
+
+    def _walk_files(self, folder: Path) -> Iterator[tuple[str, str, os.stat_result]]:
+        """``(docroot-relative path, path, stat)`` of every visible file below *folder*."""
+        yield from self._walk_below(str(folder), self._relative(folder))
+
+    def _walk_below(self, folder: str, rel: str) -> Iterator[tuple[str, str, os.stat_result]]:
+        for name, path, st in self._visible(folder):
+            child = f"{rel}/{name}" if rel else name
             if stat.S_ISDIR(st.st_mode):
-                yield from self._stat_files_below(child)
+                yield from self._walk_below(path, child)
             else:
-                yield child, st
+                yield child, path, st
 
     def _entry(
         self, remote: str, target: Path, *, listed: bool, st: os.stat_result | None = None
@@ -522,7 +652,7 @@ class Emulator:
         if is_dir:
             count = total = 0
             if not listed:
-                for _, file_st in self._stat_files_below(target):
+                for _, _, file_st in self._walk_files(target):
                     count += 1
                     total += file_st.st_size
             entry["size"] = 0 if listed else total
@@ -639,9 +769,30 @@ class Emulator:
             "aigeneratedSummary": None,
         }
 
+    def _cached_details(
+        self, accession: str, rel: str, path: str, st: os.stat_result
+    ) -> tuple[dict[str, Any], bytes]:
+        """A manifest row and its compact JSON, remembered while the file is unchanged.
+
+        A 100,000-file manifest took seconds of the emulator's CPU to rebuild on every
+        request, time a real server spends on its own hardware, not the client's.
+        """
+        md5 = self.md5_overrides.get(rel, self.md5_overrides.get("/" + rel))
+        key = (accession, rel, st.st_size, st.st_mtime_ns, md5)
+        with self._lock:
+            hit = self._details_cache.get(key)
+        if hit is None:
+            row = self._file_details(accession, Path(path), st)
+            hit = (row, _compact(row))
+            with self._lock:
+                self._details_cache[key] = hit
+        return hit
+
     def _relative(self, target: Path) -> str:
-        """*target*'s docroot-relative POSIX path (it was found by walking the docroot)."""
+        """*target*'s docroot-relative POSIX path (``""`` for the docroot itself)."""
         text, base = str(target), str(self.docroot)
+        if text == base:
+            return ""
         if text.startswith(base + os.sep):
             return text[len(base) + 1 :].replace(os.sep, "/")
         return target.relative_to(self.docroot).as_posix()
@@ -658,15 +809,43 @@ class Emulator:
         wanted = (query.get("fileType") or ["all"])[0]
         if wanted != "all" and wanted not in _FILE_TYPES and wanted != "release_file":
             raise _HttpError(400, f"Unknown fileType {wanted!r}")
-        rows = [self._file_details(accession, f, st) for f, st in self._stat_files_below(study)]
+        details = [
+            self._cached_details(accession, rel, path, st)
+            for rel, path, st in self._walk_files(study)
+        ]
         if wanted != "all":
-            rows = [r for r in rows if r["fileType"] == wanted]
+            details = [d for d in details if d[0]["fileType"] == wanted]
+        rows = [row for row, _ in details]
         if (query.get("format") or ["json"])[0] == "tsv":
             keys = list(rows[0]) if rows else ["path"]
             lines = ["\t".join(keys)]
             lines += ["\t".join("" if r[k] is None else str(r[k]) for k in keys) for r in rows]
             return _Reply(200, ("\n".join(lines) + "\n").encode(), "text/tab-separated-values")
-        return _Reply(200, _compact(rows))
+        # The same bytes as _compact(rows), from each row's cached JSON.
+        return _Reply(200, b"[" + b",".join(blob for _, blob in details) + b"]")
+
+    def _study_summary(self, accession: str) -> _Reply:
+        accession = accession.strip("/")
+        study = self.docroot / accession
+        if not accession or "/" in accession or accession.startswith(".") or not study.is_dir():
+            raise _HttpError(404, f"Study {accession} not found")
+        if accession in self.study_releases:
+            release = self.study_releases[accession]
+        else:
+            numbers = [
+                int(m[1])
+                for child in self._children(study)
+                if (m := re.match(rf"{re.escape(accession)}-DR(\d+)_", child.name))
+            ]
+            release = f"DR{max(numbers)}" if numbers else None
+        doc = {
+            "studyAccession": accession,
+            "briefTitle": f"Emulated study {accession}",
+            "initialDataReleaseVersion": release,
+            "latestDataReleaseVersion": release,
+            "latestDataReleaseDate": None,
+        }
+        return _Reply(200, _compact(doc))
 
     def _find_uuid(self, wanted: str) -> Path | None:
         for target in self._files_below(self.docroot):
@@ -680,31 +859,104 @@ class Emulator:
 
     def _drs(self, rest: str) -> _Reply:
         method, _, file_id = rest.partition("/")
-        if method not in ("s3", "stream") or not file_id:
+        if method not in _BLOB_METHODS or not file_id:
             raise _HttpError(400, f"Unknown access method {method!r}")
         if self._find_uuid(file_id) is None:
             raise _HttpError(404, f"File {file_id} not found")
-        expires = int(time.time() + 300)
+        with self._lock:
+            expired = self._expired_links > 0
+            self._expired_links -= 1 if expired else 0
+        lifetime = -1.0 if expired else self.drs_link_lifetime
+        expires = int(time.time() + lifetime)
+        signed = f"{method}/{file_id}"
         url = (
-            f"{self.base_url}/_blob/{quote(file_id)}?X-Amz-Expires=300&expires={expires}"
-            f"&sig={self._blob_signature(file_id, expires)}"
+            f"{self.base_url}/_blob/{method}/{quote(file_id)}?X-Amz-Algorithm=AWS4-HMAC-SHA256"
+            f"&X-Amz-Expires={max(0, int(lifetime))}&expires={expires}"
+            f"&sig={self._blob_signature(signed, expires)}"
         )
         return _Reply(200, _compact({"message": "Success", "url": url, "status": 200}))
 
-    def _blob(self, file_id: str, query: dict[str, list[str]]) -> _Reply:
+    def _blob(self, rest: str, query: dict[str, list[str]], range_header: str | None) -> _Reply:
+        method, _, file_id = rest.partition("/")
+        signed = rest
+        if method not in _BLOB_METHODS or not file_id:
+            method, file_id, signed = "", rest, rest  # a link from before access methods
         try:
             expires = int((query.get("expires") or ["0"])[0])
         except ValueError:
             expires = 0
         sig = (query.get("sig") or [""])[0]
-        if not hmac.compare_digest(sig, self._blob_signature(file_id, expires)):
-            raise _HttpError(403, "SignatureDoesNotMatch")
+
+        def answer(reply: _Reply, relpath: str | None) -> _Reply:
+            with self._lock:
+                self.blob_requests.append(BlobRequest(method, relpath, range_header, reply.status))
+            return reply
+
+        if not hmac.compare_digest(sig, self._blob_signature(signed, expires)):
+            return answer(
+                _s3_error(
+                    403,
+                    "SignatureDoesNotMatch",
+                    "The request signature we calculated does not match the signature you "
+                    "provided.",
+                ),
+                None,
+            )
         if expires < time.time():
-            raise _HttpError(403, "Request has expired")
+            return answer(_s3_error(403, "AccessDenied", "Request has expired"), None)
         target = self._find_uuid(file_id)
         if target is None:
-            raise _HttpError(404, "The specified key does not exist.")
-        return _Reply(200, target.read_bytes(), "application/octet-stream")
+            if method == "stream":
+                # ImmPort's streaming endpoint reports a missing source as a 500.
+                doc = _spring_body(500, "The specified key does not exist.", "/_blob/" + rest)
+                return answer(_Reply(500, _compact(doc)), None)
+            return answer(
+                _s3_error(404, "NoSuchKey", "The specified key does not exist."), None
+            )
+        relpath = self._relative(target)
+        fault = self._take_blob_fault(method, relpath)
+        if fault is not None and fault.kind == "error":
+            return answer(_s3_error(fault.status, fault.code, fault.message), relpath)
+        st = target.stat()
+        total = st.st_size
+        headers = {
+            "Accept-Ranges": "bytes",
+            "Last-Modified": datetime.fromtimestamp(int(st.st_mtime), UTC).strftime(
+                "%a, %d %b %Y %H:%M:%S GMT"
+            ),
+        }
+        wanted = None if self.blob_ignore_range else _byte_range(range_header, total)
+        if wanted == "unsatisfiable":
+            headers["Content-Range"] = f"bytes */{total}"
+            reply = _s3_error(416, "InvalidRange", "The requested range is not satisfiable")
+            reply.headers = {**(reply.headers or {}), **headers}
+            return answer(reply, relpath)
+        status, start, length = 200, 0, total
+        if isinstance(wanted, tuple):
+            start, end = wanted
+            status, length = 206, end - start + 1
+            headers["Content-Range"] = f"bytes {start}-{end}/{total}"
+        body = _BlobBody(target, relpath, start, length, fault)
+        return answer(
+            _Reply(status, b"", "application/octet-stream", headers, stream=body), relpath
+        )
+
+    def _take_blob_fault(self, method: str, relpath: str) -> _BlobFault | None:
+        with self._lock:
+            for fault in self._blob_faults:
+                if fault.method is not None and fault.method != method:
+                    continue
+                if fault.path is not None and fault.path != relpath:
+                    continue
+                fault.remaining -= 1
+                if fault.remaining <= 0:
+                    self._blob_faults.remove(fault)
+                return fault
+        return None
+
+    def _count_served(self, relpath: str, sent: int) -> None:
+        with self._lock:
+            self._bytes_served[relpath] = self._bytes_served.get(relpath, 0) + sent
 
 
 def file_uuid(relpath: str) -> uuid.UUID:
@@ -723,6 +975,39 @@ def _file_type(parts: list[str]) -> str:
     if not folders:
         return "archive_file"
     return "study_file"
+
+
+def _byte_range(header: str | None, total: int) -> tuple[int, int] | str | None:
+    """``(first, last)`` byte of a single-range ``Range`` header, ``"unsatisfiable"``, or
+    None to send the whole file (no header, several ranges, or one we do not parse)."""
+    if not header:
+        return None
+    match = _RANGE.fullmatch(header.strip())
+    if match is None or (not match[1] and not match[2]):
+        return None
+    if not match[1]:
+        suffix = int(match[2])
+        if suffix == 0 or total == 0:
+            return "unsatisfiable"
+        return max(0, total - suffix), total - 1
+    first = int(match[1])
+    last = int(match[2]) if match[2] else None
+    if last is not None and last < first:
+        return None  # not a valid range: ignored, as RFC 9110 says
+    if first >= total:
+        return "unsatisfiable"
+    return first, total - 1 if last is None else min(last, total - 1)
+
+
+def _s3_error(status: int, code: str, message: str) -> _Reply:
+    """An error as S3 writes it: XML with ``Code`` and ``Message``."""
+    body = (
+        '<?xml version="1.0" encoding="UTF-8"?>\n'
+        f"<Error><Code>{xml_escape(code)}</Code><Message>{xml_escape(message)}</Message>"
+        f"<RequestId>{secrets.token_hex(8).upper()}</RequestId>"
+        f"<HostId>{secrets.token_urlsafe(24)}</HostId></Error>"
+    )
+    return _Reply(status, body.encode("utf-8"), "application/xml", {})
 
 
 def _format_seconds(value: float) -> str:
@@ -862,6 +1147,9 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(reply)
 
     def _send(self, reply: _Reply) -> None:
+        if reply.stream is not None:
+            self._send_stream(reply, reply.stream)
+            return
         try:
             self.send_response(reply.status)
             self.send_header("Content-Type", reply.content_type)
@@ -872,6 +1160,53 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.write(reply.body)
         except (BrokenPipeError, ConnectionResetError):
             self.close_connection = True
+
+
+    def _send_stream(self, reply: _Reply, body: _BlobBody) -> None:
+        """Send a file range with ``sendfile``, applying the body's fault, counting bytes."""
+        emu = self.emulator
+        fault = body.fault
+        limit = body.length
+        if fault is not None and fault.kind in ("drop", "short"):
+            limit = min(limit, fault.after_bytes)
+        sent = 0
+        try:
+            self.send_response(reply.status)
+            self.send_header("Content-Type", reply.content_type)
+            self.send_header("Content-Length", str(body.length))
+            for key, value in (reply.headers or {}).items():
+                self.send_header(key, value)
+            self.end_headers()
+            chunk = 65536 if emu.blob_chunk_delay > 0 else 1 << 20
+            stall_at = fault.after_bytes if fault is not None and fault.kind == "stall" else None
+            with body.target.open("rb") as fh:
+                while sent < limit:
+                    step = min(chunk, limit - sent)
+                    if stall_at is not None and fault is not None:
+                        if sent >= stall_at:
+                            time.sleep(fault.seconds)
+                            stall_at = None
+                        else:
+                            step = min(step, stall_at - sent)
+                    count = self.connection.sendfile(fh, body.start + sent, step)
+                    if count <= 0:
+                        break
+                    sent += count
+                    emu._count_served(body.relpath, count)
+                    if emu.blob_chunk_delay > 0:
+                        time.sleep(emu.blob_chunk_delay)
+        except (BrokenPipeError, ConnectionResetError, TimeoutError):
+            self.close_connection = True
+            return
+        if sent < body.length:
+            self.close_connection = True
+            if fault is not None and fault.kind == "drop":
+                # Linger 0: closing sends a reset, not an orderly end of stream.
+                with contextlib.suppress(OSError):
+                    self.connection.setsockopt(
+                        socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)
+                    )
+                    self.connection.close()
 
 
 def main(argv: list[str] | None = None) -> int:

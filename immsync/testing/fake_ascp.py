@@ -30,8 +30,10 @@ list again does not re-arm consumed faults, appending does arm the new ones, and
 
 Every session appends one JSON line to ``config.session_log``: ``pid``, ``argv``,
 ``token_source`` (``"argv"``, ``"env"`` or null), ``sources``, ``status``, ``error``,
-``bytes_sent``, ``resumed`` (``{source: offset}``), plus ``fault``, ``completed`` and
-``failed``. Runs that only print help, version or a usage error are not sessions.
+``bytes_sent``, ``resumed`` (``{source: offset}``), plus ``fault``, ``completed``,
+``failed``, and ``started``/``ended`` (wall-clock seconds since the epoch, so tests can
+see sessions overlap). Runs that only print help, version or a usage error are not
+sessions.
 """
 
 from __future__ import annotations
@@ -628,7 +630,10 @@ class _TransferLog:
         stamp = time.strftime("%Y-%m-%d %H:%M:%S")
         line = f"{stamp} [{self._tag}] {level} {message}\n"
         if self._path is not None:
-            _append_locked(self._path, line)
+            # A full disk under -L must not turn into a crash: the session reports
+            # "Disk write failed" for the file that could not be written, as ascp does.
+            with contextlib.suppress(OSError):
+                _append_locked(self._path, line)
         elif self._to_stderr:
             with contextlib.suppress(BrokenPipeError, ValueError):
                 self._err.write(line)
@@ -698,6 +703,7 @@ class _Session:
         self.completed: list[str] = []
         self.failed: list[tuple[str, str]] = []
         self.started = time.monotonic()
+        self.started_at = time.time()
         self.first_byte: float | None = None
 
     # ----- checks before any byte moves
@@ -986,6 +992,8 @@ class _Session:
             "fault": self.fault,
             "completed": self.completed,
             "failed": [source for source, _ in self.failed],
+            "started": self.started_at,
+            "ended": time.time(),
         }
 
 
@@ -1009,6 +1017,10 @@ def _signals_raise() -> Iterator[None]:
     """Turn SIGTERM/SIGINT into an exception so partials stay and the log is written."""
 
     def handler(signum: int, frame: FrameType | None) -> None:
+        # Stop once: a second signal (Ctrl-C reaches the whole process group, then
+        # immsync's own SIGTERM follows) must not cut the cleanup and its log line short.
+        for sig in previous:
+            signal.signal(sig, signal.SIG_IGN)
         raise _Interrupted(signum)
 
     previous: dict[signal.Signals, Callable[[int, FrameType | None], Any] | int | None] = {}

@@ -1,0 +1,404 @@
+"""Nothing unverified is ever placed or recorded, whatever goes wrong, end to end.
+
+Upstream MD5s (right, wrong, unavailable), adoption of files already on disk, a
+corrupt/foreign/newer state file and its rebuild, and a destination that fills up or
+turns read-only in the middle of a sync (a real size-limited tmpfs).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sqlite3
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import World
+
+from immsync.errors import ExitCode
+from immsync.hashing import file_checksum
+from immsync.state import StateStore, state_path
+from immsync.testing import aspera_tokens
+from immsync.testing.aspera_config import FakeAsperaConfig
+
+STUDY = "SDY1/StudyFiles"
+DESIGN = f"{STUDY}/Study_design.txt"
+PROTOCOL = f"{STUDY}/SDY1_protocol.pdf"
+FLOW = "SDY1/ResultFiles/Flow_cytometry_result"
+FCS = f"{FLOW}/02054141.001.52628.fcs"
+FCS2 = f"{FLOW}/02054141.002.52629.fcs"
+FCS3 = f"{FLOW}/02054141.003.52630.fcs"
+HAI = "SDY1/ResultFiles/HAI_result/hai_results.txt"
+ZIP = "SDY1/SDY1-DR47_Tab.zip"
+
+FLOW_AND_DESIGN = """\
+  - accession: SDY1
+    paths:
+      - ResultFiles/Flow_cytometry_result
+      - StudyFiles/Study_design.txt
+"""
+FLOW_AND_DESIGN_FILES = sorted([FCS, FCS2, FCS3, DESIGN])
+WHOLE_SDY1 = "  - accession: SDY1\n"
+
+
+def recorded(world: World) -> dict[str, Any]:
+    with StateStore.open(state_path(world.dest), create=False) as store:
+        return store.entries()
+
+
+def md5_of(path: Path) -> str:
+    return hashlib.md5(path.read_bytes()).hexdigest()
+
+
+def sessions_with(world: World, path: str) -> list[dict[str, Any]]:
+    return [s for s in world.sessions() if "/" + path in s["sources"]]
+
+
+def assert_recorded_files_intact(world: World) -> dict[str, Any]:
+    """Every recorded file is on disk, byte-identical to upstream, with its recorded hash."""
+    entries = recorded(world)
+    for path, entry in entries.items():
+        local = world.dest / path
+        assert local.read_bytes() == (world.remote / path).read_bytes(), path
+        assert file_checksum(local) == entry.checksum, path
+    return entries
+
+
+def assert_no_traceback(result: Any) -> None:
+    assert "Traceback" not in result.output, result.output
+
+
+# -- upstream MD5 ----------------------------------------------------------------------
+
+
+class TestUpstreamMd5:
+    def test_md5_mismatch_is_retried_once_then_fails(self, world: World) -> None:
+        """A wrong upstream MD5: never placed, fetched twice, named with both values, exit 5."""
+        wrong = "0123456789abcdef0123456789abcdef"
+        world.emulator.md5_overrides[DESIGN] = wrong
+        world.write_manifest(FLOW_AND_DESIGN)
+        result = world.apply()
+        assert result.exit_code == ExitCode.TRANSFER, result.output
+        assert_no_traceback(result)
+        actual = md5_of(world.remote / DESIGN)
+        assert f"{DESIGN}: MD5 mismatch: expected {wrong}, got {actual}" in result.stderr
+        assert not (world.dest / DESIGN).exists()
+        assert len(sessions_with(world, DESIGN)) == 2
+        entries = assert_recorded_files_intact(world)
+        assert sorted(entries) == [FCS, FCS2, FCS3]
+        staging = world.dest / ".immsync" / "staging"
+        assert not any(p.name.startswith("Study_design") for p in staging.rglob("*"))
+
+    def test_right_md5_passes_and_is_recorded(self, world: World) -> None:
+        """With the upstream MD5 right, the file is placed and its MD5 recorded."""
+        world.write_manifest(FLOW_AND_DESIGN)
+        result = world.apply()
+        assert result.exit_code == 0, result.output
+        entries = assert_recorded_files_intact(world)
+        assert entries[DESIGN].remote_md5 == md5_of(world.remote / DESIGN)
+        assert len(sessions_with(world, DESIGN)) == 1
+
+    def test_mismatch_then_fixed_upstream_syncs(self, world: World) -> None:
+        """After a mismatch, a rerun with a correct MD5 fetches only the failed file."""
+        world.emulator.md5_overrides[DESIGN] = "f" * 32
+        world.write_manifest(FLOW_AND_DESIGN)
+        assert world.apply().exit_code == ExitCode.TRANSFER
+        world.emulator.md5_overrides.clear()
+        before = len(world.sessions())
+        assert world.apply().exit_code == 0
+        assert [s["sources"] for s in world.sessions()[before:]] == [["/" + DESIGN]]
+        assert sorted(assert_recorded_files_intact(world)) == FLOW_AND_DESIGN_FILES
+
+    def test_checksums_not_available_is_a_note(self, world: World) -> None:
+        """No study manifest upstream: plan --json notes it, and the sync still works."""
+        world.emulator.manifest_available = False
+        world.write_manifest(FLOW_AND_DESIGN)
+        plan = world.run("plan", str(world.manifest_path), "--json")
+        assert plan.exit_code == 0, plan.output
+        notes = plan.json()["notes"]
+        assert any("SDY1: upstream checksums not available" in n for n in notes), notes
+        result = world.apply()
+        assert result.exit_code == 0, result.output
+        entries = assert_recorded_files_intact(world)
+        assert sorted(entries) == FLOW_AND_DESIGN_FILES
+        assert all(e.remote_md5 is None for e in entries.values())
+
+
+class TestAdoption:
+    def test_matching_local_file_is_recorded_without_transfer(self, world: World) -> None:
+        """An unrecorded local file whose MD5 matches upstream is recorded, not fetched."""
+        world.write_manifest(FLOW_AND_DESIGN)
+        copy = world.dest / DESIGN
+        copy.parent.mkdir(parents=True)
+        copy.write_bytes((world.remote / DESIGN).read_bytes())  # a fresh mtime
+        plan = world.run("plan", str(world.manifest_path), "--json").json()
+        assert DESIGN not in [a["path"] for a in plan["actions"]]
+        result = world.apply()
+        assert result.exit_code == 0, result.output
+        assert sessions_with(world, DESIGN) == []
+        assert sorted(assert_recorded_files_intact(world)) == FLOW_AND_DESIGN_FILES
+
+    def test_mismatching_local_file_is_fetched(self, world: World) -> None:
+        """An unrecorded local file of the right size but other content is fetched over."""
+        world.write_manifest(FLOW_AND_DESIGN)
+        copy = world.dest / DESIGN
+        copy.parent.mkdir(parents=True)
+        data = bytearray((world.remote / DESIGN).read_bytes())
+        data[100] ^= 0x01
+        copy.write_bytes(bytes(data))
+        plan = world.run("plan", str(world.manifest_path), "--json").json()
+        reasons = {a["path"]: a["reason"] for a in plan["actions"]}
+        assert reasons[DESIGN].startswith("present locally but not recorded")
+        result = world.apply()
+        assert result.exit_code == 0, result.output
+        assert len(sessions_with(world, DESIGN)) == 1
+        assert copy.read_bytes() == (world.remote / DESIGN).read_bytes()
+        assert sorted(assert_recorded_files_intact(world)) == FLOW_AND_DESIGN_FILES
+
+
+# -- a broken state file ---------------------------------------------------------------
+
+
+def _garbage(path: Path) -> None:
+    path.write_bytes(b"\x00\xffthis is not an immsync state\n" * 200)
+
+
+def _foreign(path: Path) -> None:
+    path.unlink()
+    db = sqlite3.connect(path)
+    db.execute("CREATE TABLE recipes (name TEXT, minutes INTEGER)")
+    db.execute("INSERT INTO recipes VALUES ('bread', 240)")
+    db.commit()
+    db.close()
+
+
+def _future(path: Path) -> None:
+    db = sqlite3.connect(path)
+    db.execute("PRAGMA user_version=99")
+    db.close()
+
+
+BREAKERS = {"garbage": _garbage, "foreign": _foreign, "future": _future}
+
+
+class TestBrokenState:
+    def break_state(self, world: World, kind: str) -> tuple[Path, bytes, int]:
+        world.write_manifest(FLOW_AND_DESIGN)
+        assert world.apply().exit_code == 0
+        path = state_path(world.dest)
+        BREAKERS[kind](path)
+        return path, path.read_bytes(), path.stat().st_mtime_ns
+
+    @pytest.mark.parametrize("kind", sorted(BREAKERS))
+    def test_refused_with_a_hint_and_left_untouched(self, world: World, kind: str) -> None:
+        """status and apply exit 7 naming --rebuild-state; the state file is not changed."""
+        path, data, mtime = self.break_state(world, kind)
+        sessions = len(world.sessions())
+        for command in ("status", "apply"):
+            result = world.run(command, str(world.manifest_path))
+            assert result.exit_code == ExitCode.LOCAL, result.output
+            assert_no_traceback(result)
+            assert str(path) in result.stderr
+            assert "--rebuild-state" in result.stderr
+            assert path.read_bytes() == data
+            assert path.stat().st_mtime_ns == mtime
+        assert len(world.sessions()) == sessions
+        assert not list(path.parent.glob("*.broken-*"))
+
+    @pytest.mark.parametrize("kind", sorted(BREAKERS))
+    def test_rebuild_sets_aside_rehashes_and_fetches_only_the_missing(
+        self, world: World, kind: str
+    ) -> None:
+        """--rebuild-state keeps the old file aside, re-records disk files, fetches the rest."""
+        path, data, _ = self.break_state(world, kind)
+        (world.dest / FCS2).unlink()
+        sessions = len(world.sessions())
+        result = world.apply("--rebuild-state")
+        assert result.exit_code == 0, result.output
+        aside = list(path.parent.glob("state.sqlite.broken-*"))
+        assert [p.read_bytes() for p in aside if p.name.count(".") == 2] == [data]
+        new = world.sessions()[sessions:]
+        assert [s["sources"] for s in new] == [["/" + FCS2]]
+        assert sorted(assert_recorded_files_intact(world)) == FLOW_AND_DESIGN_FILES
+        assert world.run("verify", str(world.manifest_path)).exit_code == 0
+
+    def test_rebuild_without_upstream_checksums_trusts_size_and_time(self, world: World) -> None:
+        """Without MD5s, --rebuild-state adopts files whose size and mtime match the listing."""
+        self.break_state(world, "garbage")
+        world.emulator.inject("/data/query/api/study/manifest/", status=404, times=10)
+        sessions = len(world.sessions())
+        result = world.apply("--rebuild-state")
+        assert result.exit_code == 0, result.output
+        assert world.sessions()[sessions:] == []
+        assert sorted(assert_recorded_files_intact(world)) == FLOW_AND_DESIGN_FILES
+
+    def test_rebuild_of_a_healthy_state_changes_nothing(self, world: World) -> None:
+        """--rebuild-state with a readable state sets nothing aside and fetches nothing."""
+        world.write_manifest(FLOW_AND_DESIGN)
+        assert world.apply().exit_code == 0
+        sessions = len(world.sessions())
+        assert world.apply("--rebuild-state").exit_code == 0
+        assert not list(state_path(world.dest).parent.glob("*.broken-*"))
+        assert len(world.sessions()) == sessions
+
+
+# -- a destination that fills up or turns read-only ------------------------------------
+
+
+def _mount(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["mount", *args], capture_output=True, text=True, check=False)
+
+
+@pytest.fixture(name="small_dest")
+def _small_dest(world: World) -> Iterator[Path]:
+    """The destination on a 600 KiB tmpfs (the whole of SDY1 is ~760 KB)."""
+    world.dest.mkdir()
+    mounted = _mount("-t", "tmpfs", "-o", "size=600k,mode=0755", "tmpfs", str(world.dest))
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here (needs root): {mounted.stderr.strip()}")
+    try:
+        yield world.dest
+    finally:
+        done = subprocess.run(["umount", str(world.dest)], capture_output=True, check=False)
+        if done.returncode != 0:
+            subprocess.run(["umount", "-l", str(world.dest)], capture_output=True, check=False)
+
+
+def _fill(folder: Path) -> None:
+    """Take every free byte of *folder*'s filesystem."""
+    with (folder / "filler").open("ab", buffering=0) as fh:
+        try:
+            while True:
+                fh.write(b"\0" * 4096)
+        except OSError:
+            pass
+
+
+class TestDestinationTrouble:
+    def test_disk_full_stops_cleanly_and_a_rerun_completes(
+        self, world: World, small_dest: Path
+    ) -> None:
+        """Out of space: exit 7 with a clear message, verified files kept; bigger disk: done."""
+        world.write_manifest(WHOLE_SDY1)
+        result = world.apply("--jobs", "1")
+        assert result.exit_code in (ExitCode.LOCAL, ExitCode.TRANSFER), result.output
+        assert_no_traceback(result)
+        assert "No space left on device" in result.stderr or "Disk write failed" in (result.stderr)
+        entries = assert_recorded_files_intact(world)
+        assert entries, "some files fit and must have been kept"
+        assert len(entries) < 7
+        for path in world.local_files():
+            assert path in entries, f"{path} was placed but not recorded"
+        staging = world.dest / ".immsync" / "staging"
+        partials = [p for p in staging.rglob("*.partial") if p.is_file()]
+
+        remounted = _mount("-o", "remount,size=8m", str(small_dest))
+        assert remounted.returncode == 0, remounted.stderr
+        before = len(world.sessions())
+        again = world.apply("--jobs", "1")
+        assert again.exit_code == 0, again.output
+        assert sorted(assert_recorded_files_intact(world)) == sorted(
+            p.relative_to(world.remote).as_posix()
+            for p in (world.remote / "SDY1").rglob("*")
+            if p.is_file()
+        )
+        new = world.sessions()[before:]
+        fetched = {s for session in new for s in session["sources"]}
+        assert not fetched & {"/" + p for p in entries}, "a recorded file was fetched again"
+        # What staging kept was resumed; otherwise it had been cleaned.
+        assert not partials or any(session["resumed"] for session in new)
+        assert not any(p.is_file() for p in staging.rglob("*"))
+
+    def test_reruns_while_still_full_are_clear_errors(self, world: World, small_dest: Path) -> None:
+        """Runs on a destination that stays full fail cleanly too, never losing a record."""
+        world.write_manifest(WHOLE_SDY1)
+        kept: dict[str, Any] = {}
+        for _ in range(3):
+            result = world.apply("--jobs", "1")
+            assert result.exit_code == ExitCode.LOCAL, result.output
+            assert_no_traceback(result)
+            entries = assert_recorded_files_intact(world)
+            assert kept.keys() <= entries.keys()
+            kept = entries
+        _fill(small_dest)
+        full = world.apply("--jobs", "1")
+        assert full.exit_code == ExitCode.LOCAL, full.output
+        assert_no_traceback(full)
+        assert "free space" in full.stderr
+        assert assert_recorded_files_intact(world).keys() == kept.keys()
+
+    def test_rebuild_on_a_full_disk_keeps_a_healthy_state(
+        self, world: World, small_dest: Path
+    ) -> None:
+        """--rebuild-state on a full disk never mistakes the healthy state for a broken one."""
+        world.write_manifest(FLOW_AND_DESIGN)
+        assert world.apply().exit_code == 0
+        world.write_manifest(WHOLE_SDY1)
+        _fill(small_dest)
+        result = world.apply("--rebuild-state")
+        assert result.exit_code == ExitCode.LOCAL, result.output
+        assert_no_traceback(result)
+        assert not list(state_path(world.dest).parent.glob("*.broken-*"))
+        (small_dest / "filler").unlink()
+        assert sorted(assert_recorded_files_intact(world)) == FLOW_AND_DESIGN_FILES
+
+    def test_stand_in_ascp_reports_a_real_enospc(self, world: World, small_dest: Path) -> None:
+        """The stand-in ascp says 'Disk write failed' on a full disk, even logging there (-L)."""
+        staging = small_dest / "staging"
+        logs = small_dest / "logs"
+        staging.mkdir()
+        logs.mkdir()
+        _fill(small_dest)
+        pairs = world.root / "pairs.txt"
+        pairs.write_text(f"/{ZIP}\n{ZIP}\n")
+        token = aspera_tokens.mint(world.emulator.aspera_secret, ["/" + ZIP], lifetime=60)
+        config = FakeAsperaConfig.load(world.config_path)
+        done = subprocess.run(
+            [
+                str(world.aspera.ascp),
+                "-i",
+                str(world.aspera.key),
+                "-P",
+                str(config.port),
+                "-O",
+                str(config.port),
+                f"--user={config.user}",
+                f"--host={config.host}",
+                "--mode=recv",
+                "-d",
+                "-k",
+                "2",
+                "--partial-file-suffix=.partial",
+                "-L",
+                str(logs),
+                f"--file-pair-list={pairs}",
+                str(staging),
+            ],
+            env={"ASPERA_SCP_TOKEN": token, "PATH": world.env["PATH"]},
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert done.returncode == 1
+        assert "Session Stop  (Error: Disk write failed)" in done.stdout
+        assert "Traceback" not in done.stderr
+        assert world.sessions()[-1]["error"] == "Disk write failed"
+
+    def test_read_only_destination_is_a_clear_error(self, world: World, small_dest: Path) -> None:
+        """A destination remounted read-only after a partial sync: exit 7, named, nothing lost."""
+        world.write_manifest(FLOW_AND_DESIGN)
+        assert world.apply().exit_code == 0
+        world.write_manifest(WHOLE_SDY1)
+        remounted = _mount("-o", "remount,ro", str(small_dest))
+        assert remounted.returncode == 0, remounted.stderr
+        result = world.apply()
+        assert result.exit_code == ExitCode.LOCAL, result.output
+        assert_no_traceback(result)
+        assert "Read-only file system" in result.stderr
+        assert str(world.dest) in result.stderr
+        assert sorted(assert_recorded_files_intact(world)) == FLOW_AND_DESIGN_FILES
+        status = world.run("status", str(world.manifest_path))
+        assert status.exit_code == 0, status.output
