@@ -278,7 +278,9 @@ class LineReporter:
         self._maybe_line()
 
     def retrying(self, batch: TransferBatch, error: ImmsyncError, delay: float) -> None:
-        self._write(f"{batch.label}: retrying in {delay:.1f} s: {error.message}")
+        self._write(
+            f"{batch.label}: retrying {len(batch.files)} file(s) in {delay:.1f} s: {error.message}"
+        )
 
     def _maybe_line(self) -> None:
         now = self._clock()
@@ -377,7 +379,10 @@ class RichReporter:
             self._progress.update(self._bytes_task, completed=self._totals.bytes_now())
 
     def retrying(self, batch: TransferBatch, error: ImmsyncError, delay: float) -> None:
-        self._console.print(f"[yellow]{batch.label}: retrying in {delay:.1f} s[/yellow]: {error.message}")
+        self._console.print(
+            f"[yellow]{batch.label}: retrying {len(batch.files)} file(s) in {delay:.1f} s"
+            f"[/yellow]: {error.message}"
+        )
 
     def close(self) -> None:
         if self._live:

@@ -743,8 +743,15 @@ class Applier:
                 for item in pending.values():
                     self._fail(item, report, retry_error.message)
                 return
-            self.reporter.retrying(batch, retry_error, delay)
-            log.warning(
+            remaining = tuple(i.remote for i in pending.values() if i.remote is not None)
+            self.reporter.retrying(
+                TransferBatch(files=remaining, staging=batch.staging, label=label),
+                retry_error,
+                delay,
+            )
+            # INFO, not WARNING: the reporter already shows the retry to the user; the
+            # log line carries the attempt count for -v and for log files.
+            log.info(
                 "%s: retrying %d file(s) in %.1f s (attempt %d of %d) after: %s",
                 label,
                 len(pending),
