@@ -60,7 +60,8 @@ class DestinationLock:
                     waited = "" if deadline is None else f" (waited {self.wait:g} s)"
                     raise LockedError(
                         f"the destination {self.path.parent.parent} is in use by {holder}{waited}",
-                        hint="wait for that run to finish, or pass --wait SECONDS to queue behind it",
+                        hint="wait for that run to finish, or pass --wait SECONDS to queue "
+                        "behind it",
                     ) from None
                 self._sleep(0.2)
         holder_info = {

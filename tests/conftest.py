@@ -17,7 +17,7 @@ from immsync.testing.emulator import Emulator
 from immsync.testing.fake_ascp import FakeAsperaInstall, install_fake_ascp
 from immsync.testing.sampledata import build_sample_tree
 
-PASSWORD = "s3cret-Pa55word"  # noqa: S105 - the emulator's test account
+PASSWORD = "s3cret-Pa55word"
 
 
 @dataclass
@@ -66,7 +66,12 @@ class World:
     def apply(self, *extra: str) -> CliResult:
         # No stagger between sessions: the tests' emulator has no rate limit to respect.
         return self.run(
-            "apply", str(self.manifest_path), "--session-stagger", "0", "--retry-wait", "0.01",
+            "apply",
+            str(self.manifest_path),
+            "--session-stagger",
+            "0",
+            "--retry-wait",
+            "0.01",
             *extra,
         )
 

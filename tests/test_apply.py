@@ -97,7 +97,11 @@ class TestFirstSync:
         doc = summary(result)
         n = len(remote_files(world, FLOW)) + 1
         assert doc["plan"]["summary"] == {
-            "download": n, "update": 0, "repair": 0, "delete": 0, "unchanged": 0
+            "download": n,
+            "update": 0,
+            "repair": 0,
+            "delete": 0,
+            "unchanged": 0,
         }
         assert doc["result"]["counts"]["download"] == n
         assert doc["result"]["failures"] == []
@@ -158,7 +162,8 @@ class TestRerun:
         assert states[FCS] == "modified"
         plan = world.run("plan", str(world.manifest_path), "--json").json()
         assert sorted((a["action"], a["path"]) for a in plan["actions"]) == [
-            ("repair", FCS), ("repair", gone)
+            ("repair", FCS),
+            ("repair", gone),
         ]
         assert world.apply().exit_code == 0
         assert world.run("verify", str(world.manifest_path)).exit_code == 0
@@ -258,7 +263,7 @@ class TestFailures:
     def test_bad_credentials(self, world: World):
         """Wrong password: exit 3, a message naming the variables, no traceback."""
         world.write_manifest(SDY1_FLOW_AND_STUDY)
-        world.env["IMMPORT_PASSWORD"] = "wrong"  # noqa: S105
+        world.env["IMMPORT_PASSWORD"] = "wrong"
         result = world.apply()
         assert result.exit_code == ExitCode.AUTH
         assert "IMMPORT_PASSWORD" in result.stderr

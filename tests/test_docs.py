@@ -25,7 +25,9 @@ def test_every_command_has_help_and_is_in_the_readme():
 def test_every_exit_code_is_in_the_readme():
     """Each ExitCode value has a row in the README's exit-code table."""
     for code in ExitCode:
-        assert re.search(rf"^\| ({code.value}|[0-9 /]*\b{code.value}\b[0-9 /]*) \|", README, re.M), code
+        assert re.search(
+            rf"^\| ({code.value}|[0-9 /]*\b{code.value}\b[0-9 /]*) \|", README, re.M
+        ), code
 
 
 def test_every_environment_variable_is_documented():

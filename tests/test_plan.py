@@ -16,8 +16,15 @@ def remote(path: str, size: int = 10, mtime: str = MTIME, md5: str | None = None
     return RemoteFile(path, size, mtime, md5)
 
 
-def entry(path: str, size: int = 10, mtime_ns: int = 1, checksum: str = CHECKSUM,
-          remote_size: int = 10, remote_mtime: str = MTIME, remote_md5: str | None = None) -> StateEntry:
+def entry(
+    path: str,
+    size: int = 10,
+    mtime_ns: int = 1,
+    checksum: str = CHECKSUM,
+    remote_size: int = 10,
+    remote_mtime: str = MTIME,
+    remote_md5: str | None = None,
+) -> StateEntry:
     return StateEntry(path, size, mtime_ns, checksum, remote_size, remote_mtime, remote_md5)
 
 
@@ -40,30 +47,41 @@ class TestActions:
 
     def test_unchanged_file_is_skipped(self):
         """Recorded, same upstream, same fingerprint: nothing to do."""
-        plan = make_plan({"SDY1/a": remote("SDY1/a")}, {"SDY1/a": entry("SDY1/a")},
-                         {"SDY1/a": Observed(10, 1)})
+        plan = make_plan(
+            {"SDY1/a": remote("SDY1/a")}, {"SDY1/a": entry("SDY1/a")}, {"SDY1/a": Observed(10, 1)}
+        )
         assert only(plan, "SDY1/a").action is Action.UNCHANGED
         assert not plan
 
     def test_upstream_size_change_is_update(self):
         """A new size upstream is an update naming the old and new size."""
-        plan = make_plan({"SDY1/a": remote("SDY1/a", size=12)}, {"SDY1/a": entry("SDY1/a")},
-                         {"SDY1/a": Observed(10, 1)})
+        plan = make_plan(
+            {"SDY1/a": remote("SDY1/a", size=12)},
+            {"SDY1/a": entry("SDY1/a")},
+            {"SDY1/a": Observed(10, 1)},
+        )
         item = only(plan, "SDY1/a")
         assert item.action is Action.UPDATE
         assert item.reason == "changed upstream: size 10 -> 12"
 
     def test_upstream_mtime_change_is_update(self):
         """A new modification time upstream, same size, is an update."""
-        plan = make_plan({"SDY1/a": remote("SDY1/a", mtime="2020-01-01T00:00:00Z")},
-                         {"SDY1/a": entry("SDY1/a")}, {"SDY1/a": Observed(10, 1)})
+        plan = make_plan(
+            {"SDY1/a": remote("SDY1/a", mtime="2020-01-01T00:00:00Z")},
+            {"SDY1/a": entry("SDY1/a")},
+            {"SDY1/a": Observed(10, 1)},
+        )
         assert only(plan, "SDY1/a").reason == (
-            "changed upstream: modified 2017-06-15T13:06:07Z -> 2020-01-01T00:00:00Z")
+            "changed upstream: modified 2017-06-15T13:06:07Z -> 2020-01-01T00:00:00Z"
+        )
 
     def test_upstream_md5_change_is_update(self):
         """A different upstream MD5 with the same size and time is still an update."""
-        plan = make_plan({"SDY1/a": remote("SDY1/a", md5="b" * 32)},
-                         {"SDY1/a": entry("SDY1/a", remote_md5="c" * 32)}, {"SDY1/a": Observed(10, 1)})
+        plan = make_plan(
+            {"SDY1/a": remote("SDY1/a", md5="b" * 32)},
+            {"SDY1/a": entry("SDY1/a", remote_md5="c" * 32)},
+            {"SDY1/a": Observed(10, 1)},
+        )
         assert only(plan, "SDY1/a").reason == "changed upstream: md5 differs"
 
     def test_missing_local_copy_is_repair(self):
@@ -74,20 +92,29 @@ class TestActions:
 
     def test_modified_local_copy_is_repair(self):
         """A recorded file whose content hashes differently is repaired."""
-        plan = make_plan({"SDY1/a": remote("SDY1/a")}, {"SDY1/a": entry("SDY1/a")},
-                         {"SDY1/a": Observed(10, 2, "xxh3_128:" + "f" * 32)})
+        plan = make_plan(
+            {"SDY1/a": remote("SDY1/a")},
+            {"SDY1/a": entry("SDY1/a")},
+            {"SDY1/a": Observed(10, 2, "xxh3_128:" + "f" * 32)},
+        )
         assert only(plan, "SDY1/a").reason == "local copy modified (checksum differs)"
 
     def test_resized_local_copy_is_repair(self):
         """A recorded file whose size changed locally is repaired, naming both sizes."""
-        plan = make_plan({"SDY1/a": remote("SDY1/a")}, {"SDY1/a": entry("SDY1/a")},
-                         {"SDY1/a": Observed(3, 2, "xxh3_128:" + "f" * 32)})
+        plan = make_plan(
+            {"SDY1/a": remote("SDY1/a")},
+            {"SDY1/a": entry("SDY1/a")},
+            {"SDY1/a": Observed(3, 2, "xxh3_128:" + "f" * 32)},
+        )
         assert only(plan, "SDY1/a").reason == "local copy modified (size 10 -> 3)"
 
     def test_touched_but_identical_file_is_unchanged(self):
         """Only the timestamp moved and the content hashes the same: nothing to fetch."""
-        plan = make_plan({"SDY1/a": remote("SDY1/a")}, {"SDY1/a": entry("SDY1/a")},
-                         {"SDY1/a": Observed(10, 99, CHECKSUM)})
+        plan = make_plan(
+            {"SDY1/a": remote("SDY1/a")},
+            {"SDY1/a": entry("SDY1/a")},
+            {"SDY1/a": Observed(10, 99, CHECKSUM)},
+        )
         assert only(plan, "SDY1/a").action is Action.UNCHANGED
 
     def test_deselected_file_is_delete(self):
@@ -105,7 +132,13 @@ class TestActions:
     def test_stats_count_every_action(self):
         """stats() has a count for every action, zero where absent."""
         plan = make_plan({"SDY1/a": remote("SDY1/a")}, {}, {})
-        assert plan.stats() == {"download": 1, "update": 0, "repair": 0, "delete": 0, "unchanged": 0}
+        assert plan.stats() == {
+            "download": 1,
+            "update": 0,
+            "repair": 0,
+            "delete": 0,
+            "unchanged": 0,
+        }
 
     def test_items_are_sorted(self):
         """Items come out in path order whatever the input order."""
@@ -134,10 +167,23 @@ def worlds(draw):
     recorded = draw(paths)
     on_disk = draw(paths)
     selected = {p: remote(p, size=draw(st.integers(0, 3))) for p in wanted}
-    state = {p: entry(p, size=draw(st.integers(0, 3)), mtime_ns=draw(st.integers(0, 2)),
-                      remote_size=draw(st.integers(0, 3))) for p in recorded}
-    observed = {p: Observed(draw(st.integers(0, 3)), draw(st.integers(0, 2)),
-                            draw(st.sampled_from([None, CHECKSUM]))) for p in on_disk}
+    state = {
+        p: entry(
+            p,
+            size=draw(st.integers(0, 3)),
+            mtime_ns=draw(st.integers(0, 2)),
+            remote_size=draw(st.integers(0, 3)),
+        )
+        for p in recorded
+    }
+    observed = {
+        p: Observed(
+            draw(st.integers(0, 3)),
+            draw(st.integers(0, 2)),
+            draw(st.sampled_from([None, CHECKSUM])),
+        )
+        for p in on_disk
+    }
     return selected, state, observed
 
 
@@ -151,8 +197,9 @@ def carry_out(selected, state, plan):
             continue
         r = selected[item.path]
         if item.action is not Action.UNCHANGED:
-            new_state[item.path] = entry(item.path, size=r.size, mtime_ns=7, remote_size=r.size,
-                                         remote_mtime=r.mtime)
+            new_state[item.path] = entry(
+                item.path, size=r.size, mtime_ns=7, remote_size=r.size, remote_mtime=r.mtime
+            )
         e = new_state[item.path]
         observed[item.path] = Observed(e.size, e.mtime_ns)
     return new_state, observed

@@ -31,7 +31,10 @@ def test_record_and_reload(tmp_path):
     with StateStore.open(path) as store:
         store.record([make_entry("SDY1/a"), make_entry("SDY1/b", 5)])
     with StateStore.open(path) as store:
-        assert store.entries() == {"SDY1/a": make_entry("SDY1/a"), "SDY1/b": make_entry("SDY1/b", 5)}
+        assert store.entries() == {
+            "SDY1/a": make_entry("SDY1/a"),
+            "SDY1/b": make_entry("SDY1/b", 5),
+        }
 
 
 def test_record_replaces_and_forget_removes(tmp_path):
@@ -82,7 +85,9 @@ def test_future_version_is_refused(tmp_path):
 names = st.text(alphabet="abcdefgh/_.-", min_size=1, max_size=30)
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(st.dictionaries(names, st.integers(0, 2**62), max_size=20))
 def test_roundtrip_property(tmp_path, files):
     """Whatever is recorded is read back exactly."""

@@ -37,7 +37,9 @@ def normalise(path: str) -> str:
     return "/" + path.strip("/")
 
 
-def mint(secret: str, paths: list[str], *, lifetime: float = 86400.0, now: float | None = None) -> str:
+def mint(
+    secret: str, paths: list[str], *, lifetime: float = 86400.0, now: float | None = None
+) -> str:
     issued = time.time() if now is None else now
     payload = {
         "paths": [normalise(p) for p in paths],

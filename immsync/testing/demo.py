@@ -73,7 +73,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--workdir", type=Path, default=Path("demo-run"))
     parser.add_argument(
-        "--manifest", type=Path, default=Path(__file__).resolve().parents[2] / "examples/demo/manifest.yaml"
+        "--manifest",
+        type=Path,
+        default=Path(__file__).resolve().parents[2] / "examples/demo/manifest.yaml",
     )
     args = parser.parse_args()
     sys.exit(run_demo(args.workdir.resolve(), args.manifest))
