@@ -23,5 +23,11 @@ test: $(STAMP)  ## the default test suite, then the type and lint checks
 test-slow: $(STAMP)  ## stress tests (crash trials, large files)
 	$(PY) -m pytest -m slow || [ $$? -eq 5 ]  # 5: no slow test selected
 
+bench: $(STAMP)  ## every benchmark of issue 5 (about 10 min); writes BENCHMARKS.md
+	$(PY) -m benchmarks.run
+
+bench-quick: $(STAMP)  ## the same benchmarks at tiny sizes (well under a minute)
+	$(PY) -m benchmarks.run --quick
+
 clean:
 	rm -rf $(VENV) demo-run .pytest_cache .mypy_cache .ruff_cache
