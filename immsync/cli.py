@@ -58,6 +58,7 @@ from .render import (
     checks_to_json,
     create_log_config,
     format_size,
+    iter_plan_json,
     plan_lines,
     plan_summary,
     plan_to_json,
@@ -282,10 +283,12 @@ def plan(
                 releases=releases,
             )
         if json_output:
-            doc = plan_to_json(found.plan, problems=found.remote.problems)
-            if pinned is not None:
-                doc["lock_drift"] = [d.to_json() for d in drift]
-            _print_json(doc)
+            extra = {"lock_drift": [d.to_json() for d in drift]} if pinned is not None else {}
+            for chunk in iter_plan_json(
+                found.plan, problems=found.remote.problems, extra=extra
+            ):
+                sys.stdout.write(chunk)
+            sys.stdout.flush()
         else:
             for line in [
                 *plan_lines(found.plan),

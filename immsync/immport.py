@@ -16,11 +16,11 @@ import random
 import re
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
-from typing import Any, NoReturn
+from typing import Any, NamedTuple, NoReturn
 from urllib.parse import quote, urlsplit
 
 import requests
@@ -558,6 +558,7 @@ class ImmportClient:
                 url,
                 endpoint,
                 params={"fileType": "all", "format": "json"},
+                item=_compact_manifest_row,
             )
             if not isinstance(doc, list):
                 raise _UnusableManifest(
@@ -622,8 +623,15 @@ class ImmportClient:
         *,
         json_body: Any = None,
         params: Mapping[str, str] | None = None,
+        item: Callable[[Any], Any] | None = None,
     ) -> Any:
-        """One authenticated JSON call with retries and at most one re-sign-in."""
+        """One authenticated JSON call with retries and at most one re-sign-in.
+
+        With *item*, a top-level JSON array is parsed one element at a time and each
+        element replaced by ``item(element)``, so a large reply never exists as a
+        whole list of dicts (a study manifest of 100,000 rows would be ~1.2 million
+        Python objects at once).
+        """
         reauthed = False
 
         def attempt() -> Any:
@@ -657,7 +665,7 @@ class ImmportClient:
                 log.info("ImmPort refused the bearer token at %s; signing in again", endpoint)
                 self._renew_token(token)
             self._raise_for_status(status, headers, body, endpoint)
-            return self._parse_json(body, endpoint)
+            return self._parse_json(body, endpoint, item=item)
 
         return call_with_retries(
             attempt,
@@ -769,7 +777,9 @@ class ImmportClient:
             retry_after=_parse_retry_after(headers.get("Retry-After")) if transient else None,
         )
 
-    def _parse_json(self, body: bytes, endpoint: str) -> Any:
+    def _parse_json(
+        self, body: bytes, endpoint: str, *, item: Callable[[Any], Any] | None = None
+    ) -> Any:
         try:
             text = body.decode("utf-8-sig")
         except UnicodeDecodeError:
@@ -783,6 +793,11 @@ class ImmportClient:
                 "got an HTML page instead of JSON "
                 "(is the URL right, or is a proxy or login page in the way?)",
             )
+        if item is not None and stripped.startswith("["):
+            try:
+                return [item(element) for element in _iter_json_array(text)]
+            except (json.JSONDecodeError, RecursionError, ValueError):
+                pass  # the whole-document parse below names what is wrong
         try:
             return json.loads(text)
         except RecursionError:
@@ -893,7 +908,52 @@ def _parse_entry(raw: Any, where: str, bad: Callable[[str], NoReturn]) -> Listin
     return ListingEntry(path, kind, size, mtime)
 
 
+def _iter_json_array(text: str) -> Iterator[Any]:
+    """The elements of the JSON array *text*, decoded one at a time."""
+    decoder = json.JSONDecoder()
+    end = len(text)
+    index = _skip_space(text, 0)
+    if index >= end or text[index] != "[":
+        raise ValueError("not a JSON array")
+    index = _skip_space(text, index + 1)
+    if index < end and text[index] == "]":
+        if _skip_space(text, index + 1) != end:
+            raise ValueError("text after the array")
+        return
+    while True:
+        element, index = decoder.raw_decode(text, index)
+        yield element
+        index = _skip_space(text, index)
+        if index < end and text[index] == ",":
+            index = _skip_space(text, index + 1)
+            continue
+        if index < end and text[index] == "]" and _skip_space(text, index + 1) == end:
+            return
+        raise ValueError("malformed JSON array")
+
+
+def _skip_space(text: str, index: int) -> int:
+    while index < len(text) and text[index] in " \t\n\r":
+        index += 1
+    return index
+
+
+class _ManifestRow(NamedTuple):
+    """What immsync keeps of one study manifest row."""
+
+    checksum: tuple[str, str, int] | None
+    study_file: StudyFile | None
+
+
+def _compact_manifest_row(row: Any) -> Any:
+    if not isinstance(row, dict):
+        return row  # kept as is: the shape check after parsing reports it
+    return _ManifestRow(_checksum_row(row), _study_file_row(row))
+
+
 def _checksum_row(row: Any) -> tuple[str, str, int] | None:
+    if isinstance(row, _ManifestRow):
+        return row.checksum
     if not isinstance(row, dict):
         return None
     path, md5, size = row.get("path"), row.get("generatedMD5"), row.get("filesizeBytes")
@@ -907,6 +967,8 @@ def _checksum_row(row: Any) -> tuple[str, str, int] | None:
 
 
 def _study_file_row(row: Any) -> StudyFile | None:
+    if isinstance(row, _ManifestRow):
+        return row.study_file
     if not isinstance(row, dict):
         return None
     path, file_uuid = row.get("path"), row.get("fileUUID")

@@ -6,9 +6,10 @@ library module imports this one; only ``cli`` does.
 
 from __future__ import annotations
 
+import json
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 from rich.console import Console
@@ -44,16 +45,41 @@ def format_size(n: float) -> str:
 
 
 def plan_to_json(plan: Plan, *, problems: Sequence[str] = ()) -> dict[str, Any]:
-    stats = plan.stats()
     return {
         "actions": [
             {"action": i.action.value, "path": i.path, "size": i.size, "reason": i.reason}
             for i in plan.pending
         ],
-        "summary": {a.value: stats[a.value] for a in (*JSON_ACTIONS, Action.UNCHANGED)},
+        "summary": _summary(plan),
         "notes": list(plan.notes),
         "problems": list(problems),
     }
+
+
+def iter_plan_json(
+    plan: Plan, *, problems: Sequence[str] = (), extra: Mapping[str, Any] | None = None
+) -> Iterator[str]:
+    """``plan_to_json`` (plus *extra* keys) as text chunks, one action per line.
+
+    Streams, so that printing the plan of 100,000 downloads never holds all of its
+    actions as dicts, nor the whole text, at once.
+    """
+    yield '{\n  "actions": ['
+    for n, i in enumerate(plan.pending):
+        action = {"action": i.action.value, "path": i.path, "size": i.size, "reason": i.reason}
+        yield ("\n    " if n == 0 else ",\n    ") + json.dumps(action)
+    yield "\n  ]" if plan.pending else "]"
+    rest = plan_to_json(Plan(items=(), notes=plan.notes), problems=problems)
+    del rest["actions"]
+    rest["summary"] = {a: n for a, n in _summary(plan).items()}
+    rest.update(extra or {})
+    # json.dumps(rest, indent=2) is "{\n  ...\n}": splice its body after the actions.
+    yield ",\n" + json.dumps(rest, indent=2)[2:] + "\n"
+
+
+def _summary(plan: Plan) -> dict[str, int]:
+    stats = plan.stats()
+    return {a.value: stats[a.value] for a in (*JSON_ACTIONS, Action.UNCHANGED)}
 
 
 def plan_summary(plan: Plan, *, prune: bool = True) -> str:
