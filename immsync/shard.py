@@ -164,6 +164,9 @@ def combine(
     A record whose size and modification time match the file now on disk wins over
     one that does not, whatever its layer: that record describes the file there.
     """
+    if len(layers) == 1:
+        # No shards (the usual case): nothing to reconcile.
+        return dict(layers[0])
     candidates: dict[str, list[StateEntry]] = {}
     for layer in layers:
         for path, entry in layer.items():
