@@ -40,6 +40,7 @@ import requests
 import urllib3
 
 from . import errors, model
+from .net import transport_reason
 
 log = logging.getLogger(__name__)
 
@@ -299,21 +300,12 @@ class HttpsTransfer:
 
     def _study_file(self, file: model.RemoteFile) -> model.StudyFile:
         accession = file.path.split("/", 1)[0]
-        try:
+        with _api_failures(
+            file,
+            not_found=f"ImmPort has no file manifest for {accession}",
+            failed=f"the file manifest of {accession} is not available",
+        ):
             found = self._links.study_files(accession).get(file.path)
-        except errors.RemoteNotFound as exc:
-            raise _file_error(
-                file, "not_found", f"ImmPort has no file manifest for {accession}", exc.message
-            ) from None
-        except errors.UsageError as exc:
-            raise errors.TransportUnavailable(exc.message, hint=exc.hint) from None
-        except errors.AuthError:
-            raise
-        except errors.ApiError as exc:
-            kind = "transient" if exc.transient else "permanent"
-            raise _file_error(
-                file, kind, f"the file manifest of {accession} is not available", exc.message
-            ) from None
         if found is None:
             raise _file_error(
                 file,
@@ -358,21 +350,13 @@ class HttpsTransfer:
             ) from None
 
     def _link(self, file: model.RemoteFile, file_uuid: str, method: str) -> str:
-        try:
+        with _api_failures(
+            file,
+            not_found=f"ImmPort's DRS does not know its id {file_uuid}",
+            failed=f"ImmPort gave no {method} download link",
+        ):
             return self._links.drs_url(file_uuid, method)
-        except errors.RemoteNotFound as exc:
-            raise _file_error(
-                file, "not_found", f"ImmPort's DRS does not know its id {file_uuid}", exc.message
-            ) from None
-        except errors.UsageError as exc:
-            raise errors.TransportUnavailable(exc.message, hint=exc.hint) from None
-        except errors.AuthError:
-            raise
-        except errors.ApiError as exc:
-            kind = "transient" if exc.transient else "permanent"
-            raise _file_error(
-                file, kind, f"ImmPort gave no {method} download link", exc.message
-            ) from None
+        raise AssertionError("unreachable")  # for type checkers: the block returns or raises
 
     def _download(
         self,
@@ -592,6 +576,22 @@ _HINTS = {
 }
 
 
+@contextlib.contextmanager
+def _api_failures(file: model.RemoteFile, *, not_found: str, failed: str) -> Iterator[None]:
+    """Turn an API failure while preparing *file*'s download into the transfer's terms."""
+    try:
+        yield
+    except errors.RemoteNotFound as exc:
+        raise _file_error(file, "not_found", not_found, exc.message) from None
+    except errors.UsageError as exc:
+        raise errors.TransportUnavailable(exc.message, hint=exc.hint) from None
+    except errors.AuthError:
+        raise
+    except errors.ApiError as exc:
+        kind = "transient" if exc.transient else "permanent"
+        raise _file_error(file, kind, failed, exc.message) from None
+
+
 def _file_error(
     file: model.RemoteFile, kind: str, what: str, reason: str
 ) -> errors.TransferError:
@@ -666,7 +666,7 @@ def _local_error(file: model.RemoteFile, where: Path, exc: OSError) -> errors.Tr
 def _connection_error(
     file: model.RemoteFile, shown: str, exc: BaseException, link: str, *, done: int | None
 ) -> errors.TransferError:
-    cause = _redact(_innermost(exc), link)
+    cause = _redact(transport_reason(exc), link)
     if done is None:
         what = f"could not download it from {shown}"
     else:
@@ -795,22 +795,6 @@ def _redact(text: str, link: str) -> str:
     if query:
         text = text.replace(query, "<redacted>")
     return re.sub(r"\?\S*", "?<redacted>", text)
-
-
-def _innermost(exc: BaseException) -> str:
-    """The innermost cause of a requests/urllib3 error, in plain words."""
-    inner: BaseException = exc
-    for _ in range(8):
-        reason = getattr(inner, "reason", None)
-        if isinstance(reason, BaseException):
-            inner = reason
-        elif inner.args and isinstance(inner.args[-1], BaseException):
-            inner = inner.args[-1]
-        else:
-            break
-    # urllib3 prefixes messages with the repr of its connection object.
-    text = re.sub(r"<[^>]*>:\s*", "", str(inner)).strip()
-    return (text or type(inner).__name__).splitlines()[0][:200]
 
 
 def _shut_down(response: requests.Response) -> None:

@@ -27,6 +27,7 @@ import requests
 
 from .errors import ApiError, AuthError, RemoteNotFound, UnsafePath, UsageError
 from .model import RemoteFile, StudyFile
+from .net import transport_reason
 from .retry import RetryPolicy, call_with_retries
 
 log = logging.getLogger(__name__)
@@ -734,7 +735,7 @@ class ImmportClient:
             requests.exceptions.ChunkedEncodingError,
         ) as exc:
             raise ApiError(
-                f"{endpoint} failed: connection lost or refused ({_transport_reason(exc)})",
+                f"{endpoint} failed: connection lost or refused ({transport_reason(exc)})",
                 transient=True,
             ) from None
         except requests.exceptions.RequestException as exc:
@@ -1078,22 +1079,6 @@ def _headers_as_given(request: requests.PreparedRequest) -> requests.PreparedReq
 def _first_line(exc: BaseException) -> str:
     lines = str(exc).strip().splitlines()
     return (lines[0] if lines else type(exc).__name__)[:300]
-
-
-def _transport_reason(exc: BaseException) -> str:
-    """The innermost cause of a requests/urllib3 transport error, in plain words."""
-    inner: BaseException = exc
-    for _ in range(8):
-        reason = getattr(inner, "reason", None)
-        if isinstance(reason, BaseException):
-            inner = reason
-        elif inner.args and isinstance(inner.args[-1], BaseException):
-            inner = inner.args[-1]
-        else:
-            break
-    # urllib3 prefixes messages with the repr of its connection object.
-    text = re.sub(r"<[^>]*>:\s*", "", str(inner)).strip()
-    return (text or type(inner).__name__).splitlines()[0][:200]
 
 
 def _clone_session(base: requests.Session) -> requests.Session:

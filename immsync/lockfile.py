@@ -23,11 +23,11 @@ from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from . import manifest as manifest_mod
 from .errors import LocalIOError, UsageError
-from .model import Manifest, RemoteFile
+from .model import Manifest, RemoteCatalog, RemoteFile
 
 log = logging.getLogger(__name__)
 
@@ -306,18 +306,6 @@ def _changes(pin: PinnedFile, now: RemoteFile) -> str:
     return ", ".join(changes)
 
 
-class _Catalog(Protocol):
-    def walk(
-        self,
-        root: str,
-        *,
-        workers: int = ...,
-        on_unsafe: Callable[[str, str], None] | None = ...,
-    ) -> list[RemoteFile]: ...
-
-    def study_checksums(self, accession: str) -> dict[str, tuple[str, int]] | None: ...
-
-
 class PinnedCatalog:
     """A remote catalog that vouches for the lock's MD5s where ImmPort publishes none.
 
@@ -326,7 +314,7 @@ class PinnedCatalog:
     does publish an MD5, ImmPort's is used (and a difference shows as drift).
     """
 
-    def __init__(self, catalog: _Catalog, lock: LockFile) -> None:
+    def __init__(self, catalog: RemoteCatalog, lock: LockFile) -> None:
         self._catalog = catalog
         self._lock = lock
 

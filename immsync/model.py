@@ -233,6 +233,24 @@ class Transfer(Protocol):
         ...
 
 
+class RemoteCatalog(Protocol):
+    """What planning needs of ImmPort: ``immsync.immport.ImmportClient`` provides it."""
+
+    def walk(
+        self,
+        root: str,
+        *,
+        workers: int = ...,
+        on_unsafe: Callable[[str, str], None] | None = ...,
+    ) -> list[RemoteFile]:
+        """Every file below *root* (or *root* itself if it is a file)."""
+        ...
+
+    def study_checksums(self, accession: str) -> dict[str, tuple[str, int]] | None:
+        """Upstream ``(md5, size)`` by path, or None when ImmPort gives none."""
+        ...
+
+
 @dataclass(frozen=True, slots=True)
 class FileOutcome:
     """What happened to one planned item during apply."""

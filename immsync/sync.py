@@ -52,6 +52,7 @@ from .model import (
     Plan,
     PlanItem,
     ProgressEvent,
+    RemoteCatalog,
     RemoteFile,
     Report,
     StateEntry,
@@ -70,20 +71,6 @@ _DESTINATION_UNUSABLE = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS})
 # What ascp may leave of one file in staging: the file, its partial-file-suffix form,
 # and the resume sidecars of either.
 _STAGED_SUFFIXES = ("", ".partial", ".aspx", ".partial.aspx")
-
-
-class RemoteCatalog(Protocol):
-    """The part of ``ImmportClient`` that planning needs."""
-
-    def walk(
-        self,
-        root: str,
-        *,
-        workers: int = ...,
-        on_unsafe: Callable[[str, str], None] | None = ...,
-    ) -> list[RemoteFile]: ...
-
-    def study_checksums(self, accession: str) -> dict[str, tuple[str, int]] | None: ...
 
 
 class Reporter(Protocol):
