@@ -16,6 +16,7 @@ FIGURES = {
     "noop_apply",
     "hashing",
     "memory",
+    "https",
 }
 
 
