@@ -7,6 +7,7 @@ result and turns an ``ImmsyncError`` into its documented exit code.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import logging.config
@@ -15,6 +16,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -513,6 +515,20 @@ def _apply_locked(
     return found, report, received
 
 
+def _remove_stale_scratch(workdir: Path, *, max_age: float = 86400.0) -> None:
+    """Remove scratch files (ascp pair lists) a killed run left over a day ago.
+
+    Only old ones: a concurrent shard of this destination may be using a fresh one.
+    """
+    if not workdir.is_dir():
+        return
+    cutoff = time.time() - max_age
+    for entry in os.scandir(workdir):
+        with contextlib.suppress(OSError):
+            if entry.is_file(follow_symlinks=False) and entry.stat().st_mtime < cutoff:
+                os.unlink(entry.path)
+
+
 def _parse_max_delete(text: str) -> tuple[int | None, float | None]:
     """``"10"`` is a count, ``"25%"`` a share of the recorded files."""
     try:
@@ -950,6 +966,7 @@ def _choose_transport(
         return HttpsTransfer(client, jobs=options.jobs, session_factory=new_session)
 
     workdir = loaded.destination / STATE_DIRNAME / "tmp"
+    _remove_stale_scratch(workdir)
     return choose_transport(
         mode,
         make_ascp=lambda: _LazyAscp(env, client, workdir=workdir),

@@ -311,3 +311,18 @@ class TestSecrets:
         )
         for secret in secrets:
             assert secret.encode() not in state_bytes
+
+
+class TestScratch:
+    def test_old_scratch_files_are_removed_fresh_ones_kept(self, world: World):
+        """Pair lists a killed run left over a day ago are removed; recent ones are kept."""
+        world.write_manifest(SDY1_FLOW_AND_STUDY)
+        scratch = world.dest / ".immsync" / "tmp"
+        scratch.mkdir(parents=True)
+        old, fresh = scratch / "ascp-pairs-old.txt", scratch / "ascp-pairs-fresh.txt"
+        old.write_text("x")
+        fresh.write_text("y")
+        os.utime(old, (time.time() - 2 * 86400,) * 2)
+        assert world.apply().exit_code == 0
+        assert not old.exists()
+        assert fresh.exists()
