@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
-from typing import Any, NamedTuple, NoReturn
+from typing import Any, NamedTuple, NoReturn, TypeVar
 from urllib.parse import quote, urlsplit
 
 import requests
@@ -30,6 +30,7 @@ from .model import RemoteFile, StudyFile
 from .net import transport_reason
 from .retry import RetryPolicy, call_with_retries
 
+T = TypeVar("T")
 log = logging.getLogger(__name__)
 
 MAX_REPLY_BYTES = 64 * 1024 * 1024
@@ -220,15 +221,7 @@ class ImmportClient:
                 )
             self._malformed(endpoint, "no 'token' or 'access_token' string in the reply")
 
-        token = call_with_retries(
-            attempt,
-            policy=self._retry,
-            is_transient=_is_transient,
-            retry_after=_retry_after_of,
-            describe=endpoint,
-            sleep=self._sleep,
-            rng=self._rng,
-        )
+        token = self._with_retries(attempt, endpoint)
         self._add_secret(token)
         log.debug("signed in to ImmPort at %s", self.token_url)
         return token
@@ -668,6 +661,10 @@ class ImmportClient:
             self._raise_for_status(status, headers, body, endpoint)
             return self._parse_json(body, endpoint, item=item)
 
+        return self._with_retries(attempt, endpoint)
+
+    def _with_retries(self, attempt: Callable[[], T], endpoint: str) -> T:
+        """*attempt*, retried on transient failures as this client's policy says."""
         return call_with_retries(
             attempt,
             policy=self._retry,
