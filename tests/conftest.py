@@ -95,6 +95,14 @@ class World:
         )
 
 
+@pytest.fixture(name="tree")
+def _tree(tmp_path: Path) -> Path:
+    """The bundled sample ImmPort tree, built fresh in a temporary folder."""
+    root = tmp_path / "immport"
+    build_sample_tree(root)
+    return root
+
+
 @pytest.fixture(name="world")
 def _world(tmp_path: Path) -> Any:
     remote = tmp_path / "immport"

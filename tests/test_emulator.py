@@ -29,13 +29,6 @@ PASSWORD = "emu-Pa55word"
 SPRING_KEYS = ["timestamp", "status", "error", "message", "path"]
 
 
-@pytest.fixture(name="tree")
-def _tree(tmp_path: Path) -> Path:
-    root = tmp_path / "immport"
-    build_sample_tree(root)
-    return root
-
-
 @pytest.fixture(name="emu")
 def _emu(tree: Path) -> Iterator[Emulator]:
     with Emulator(tree, username="alice", password=PASSWORD) as emulator:

@@ -18,7 +18,7 @@ from immsync.model import RemoteFile
 from immsync.retry import RetryPolicy
 from immsync.testing import aspera_tokens
 from immsync.testing.emulator import Emulator
-from immsync.testing.sampledata import SAMPLE_MTIME_ISO, build_sample_tree, write_file
+from immsync.testing.sampledata import SAMPLE_MTIME_ISO, write_file
 
 PASSWORD = "cl1ent-Pa55word"
 TOKEN = "tok-123456"
@@ -33,13 +33,6 @@ class FakeSleep:
 
     def __call__(self, seconds: float) -> None:
         self.calls.append(seconds)
-
-
-@pytest.fixture(name="tree")
-def _tree(tmp_path: Path) -> Path:
-    root = tmp_path / "immport"
-    build_sample_tree(root)
-    return root
 
 
 @pytest.fixture(name="emu")
