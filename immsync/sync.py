@@ -434,15 +434,15 @@ def make_batches(
     )
     count = min(count, len(items))
     batches: list[list[PlanItem]] = [[] for _ in range(count)]
-    heap = [(0, n) for n in range(count)]
+    # (bytes, files, batch): ties on bytes go to the batch with fewer files, so that
+    # empty files too are shared out instead of all landing in the first batch.
+    heap = [(0, 0, n) for n in range(count)]
     for item in sorted(items, key=lambda i: (-i.size, i.path)):
-        while True:
-            load, n = heapq.heappop(heap)
-            if len(batches[n]) < max_files:
-                break
+        # A full batch is never pushed back, and count leaves room for every item.
+        load, files, n = heapq.heappop(heap)
         batches[n].append(item)
-        if len(batches[n]) < max_files:
-            heapq.heappush(heap, (load + item.size, n))
+        if files + 1 < max_files:
+            heapq.heappush(heap, (load + item.size, files + 1, n))
     for batch in batches:
         batch.sort(key=lambda i: i.path)
     return sorted((b for b in batches if b), key=lambda b: b[0].path)
