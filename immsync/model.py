@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,9 +95,13 @@ class Observed:
     checksum: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class StateEntry:
-    """What immsync recorded about a file it fetched and verified."""
+class StateEntry(NamedTuple):
+    """What immsync recorded about a file it fetched and verified.
+
+    A named tuple rather than a frozen dataclass, though just as immutable: a
+    100,000-file state is loaded on every run, and a tuple is built from a database
+    row at a third of the cost.
+    """
 
     path: str
     size: int

@@ -196,7 +196,7 @@ class StateStore:
             # Straight from the cursor: a fetchall() list of 100,000 row tuples would
             # only add to the peak memory of planning.
             rows = self._db.execute(f"SELECT {_COLUMNS} FROM files")  # noqa: S608 - constant
-            return {row[0]: StateEntry(*row) for row in rows}
+            return {row[0]: StateEntry._make(row) for row in rows}
         except sqlite3.DatabaseError as exc:
             raise StateError(
                 f"the state file {self.path} is corrupt: {exc}",
