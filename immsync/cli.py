@@ -207,6 +207,15 @@ ManifestArg = Annotated[
     Path, typer.Argument(help="The manifest (YAML).", show_default=False, dir_okay=False)
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON to stdout instead of text.")]
+ChecksumOpt = Annotated[
+    bool,
+    typer.Option(
+        "--checksum",
+        help="Also compare ImmPort's MD5 for files whose size and time did not change "
+        "(fetches every study's file manifest; by default only studies with something "
+        "to download need it).",
+    ),
+]
 
 
 @contextmanager
@@ -262,6 +271,7 @@ def plan(
     allow_insecure_http: Annotated[
         bool, typer.Option(help="Allow plain-http API URLs on non-loopback hosts.")
     ] = False,
+    checksum: ChecksumOpt = False,
 ) -> None:
     """Show what `apply` would do, without changing anything.
 
@@ -276,9 +286,10 @@ def plan(
         loaded = load_manifest(manifest)
         env = Environment.read(os.environ)
         client = _make_client(env, allow_insecure_http=allow_insecure_http)
-        with open_main_with_shards(loaded.destination) as store:
-            found = survey(loaded, client, store)
         pinned = find_lock(lock_path(manifest))
+        with open_main_with_shards(loaded.destination) as store:
+            # Drift from a lock file includes MD5s: compare every one.
+            found = survey(loaded, client, store, all_checksums=checksum or pinned is not None)
         drift = []
         if pinned is not None:
             releases = {a: client.latest_data_release(a) for a in pinned.releases()}
@@ -412,6 +423,7 @@ def apply(
             show_default=False,
         ),
     ] = None,
+    checksum: ChecksumOpt = False,
 ) -> None:
     """Make the destination match the manifest: fetch, verify, record.
 
@@ -449,7 +461,7 @@ def apply(
             session_stagger=session_stagger,
             retry=RetryPolicy(attempts=retries + 1, base_delay=retry_wait, max_delay=60.0),
         )
-        scope = _Scope(shard, pinned, manifest)
+        scope = _Scope(shard, pinned, manifest, all_checksums=checksum or pinned is not None)
         if dry_run:
             with scope.open_state(loaded, create=False) as store:
                 found = scope.survey(loaded, client, store)
@@ -825,6 +837,8 @@ class _Scope:
     shard: Shard | None
     pinned: LockFile | None
     manifest_path: Path
+    all_checksums: bool = False
+    """Compare upstream MD5s of unchanged files too (``--checksum``, ``--frozen``)."""
 
     @contextmanager
     def open_state(self, manifest: Manifest, *, create: bool) -> Iterator[StateStore]:
@@ -862,6 +876,7 @@ class _Scope:
             record_adopted=record_adopted,
             trust_timestamps=trust_timestamps,
             share=None if self.shard is None else share_of(self.shard),
+            all_checksums=self.all_checksums,
         )
         if self.pinned is not None:
             drift = [

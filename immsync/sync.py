@@ -137,30 +137,27 @@ class RemoteView:
         return any(path == r or path.startswith(r + "/") for r in self.failed_roots)
 
 
-def survey_remote(manifest: Manifest, catalog: RemoteCatalog, *, workers: int = 8) -> RemoteView:
+def survey_remote(
+    manifest: Manifest, catalog: RemoteCatalog, *, workers: int = 8, checksums: bool = True
+) -> RemoteView:
     """List every root the manifest names and keep the files its filters select.
 
     A root that does not exist or cannot be listed becomes a *problem*, not an
     exception, so that the rest of the manifest still syncs. Refused credentials stop
     everything (raised), since no other root could succeed either.
+
+    With *checksums*, each study's upstream MD5s are attached (``with_checksums``);
+    without, the view holds what the listing says: sizes and times.
     """
     selected: dict[str, RemoteFile] = {}
     listed: set[str] = set()
     failed: list[str] = []
     problems: list[str] = []
-    notes: list[str] = []
 
     def refuse(path: str, reason: str) -> None:
         problems.append(f"refused remote entry {path!r}: {reason}")
 
     for study in manifest.studies:
-        checksums = catalog.study_checksums(study.accession)
-        # An empty manifest (every row unusable) verifies nothing either: say so.
-        if not checksums:
-            notes.append(
-                f"{study.accession}: upstream checksums not available; "
-                "files are verified by size and recorded with xxh3_128"
-            )
         for root in manifest_mod.study_roots(study):
             relative_root = root.strip("/")
             try:
@@ -184,14 +181,49 @@ def survey_remote(manifest: Manifest, catalog: RemoteCatalog, *, workers: int = 
                     refuse(remote.path, reason)
                     continue
                 listed.add(remote.path)
-                if not manifest_mod.selects(study, remote.path[len(prefix) :]):
-                    continue
-                selected[remote.path] = _with_checksum(remote, checksums, notes)
-    return RemoteView(
+                if manifest_mod.selects(study, remote.path[len(prefix) :]):
+                    selected[remote.path] = remote
+    view = RemoteView(
         selected=selected,
         listed=frozenset(listed),
         failed_roots=tuple(failed),
         problems=tuple(problems),
+        notes=(),
+    )
+    if checksums:
+        view = with_checksums(view, catalog, [s.accession for s in manifest.studies])
+    return view
+
+
+def with_checksums(
+    view: RemoteView, catalog: RemoteCatalog, accessions: Sequence[str]
+) -> RemoteView:
+    """*view* with ImmPort's MD5 on the selected files of *accessions*.
+
+    One file-manifest request per study. A study without usable checksums gets a note
+    instead: its files are then verified by size and recorded with xxh3_128.
+    """
+    notes = list(view.notes)
+    by_study: dict[str, Mapping[str, tuple[str, int]]] = {}
+    for accession in dict.fromkeys(accessions):
+        fetched = catalog.study_checksums(accession)
+        if fetched:
+            by_study[accession] = fetched
+        else:
+            # An empty manifest (every row unusable) verifies nothing either: say so.
+            notes.append(
+                f"{accession}: upstream checksums not available; "
+                "files are verified by size and recorded with xxh3_128"
+            )
+    selected = {}
+    for path, remote in view.selected.items():
+        checksums = by_study.get(path.partition("/")[0])
+        selected[path] = _with_checksum(remote, checksums, notes) if checksums else remote
+    return RemoteView(
+        selected=selected,
+        listed=view.listed,
+        failed_roots=view.failed_roots,
+        problems=view.problems,
         notes=tuple(notes),
     )
 
@@ -373,8 +405,15 @@ def survey(
     record_adopted: bool = False,
     trust_timestamps: bool = False,
     share: Callable[[Mapping[str, RemoteFile]], Collection[str]] | None = None,
+    all_checksums: bool = False,
 ) -> Survey:
     """Gather the facts and make the plan.
+
+    Upstream MD5s (one file-manifest request per study, 45 MB for a 100,000-file
+    study) are fetched only for studies with something to download, where they verify
+    the download, unless *all_checksums*: then every study's are, so that a file
+    changed upstream without a change of size or time is caught too. Otherwise the
+    listing's size and time decide whether a recorded file is current.
 
     Local files immsync did not record but that provably match upstream are adopted
     (see ``adopt_local_files``); they are written to the state only when
@@ -384,14 +423,12 @@ def survey(
     are planned, and records of other paths are left out (another shard owns them);
     ``Survey.remote`` is still the whole selection.
     """
-    remote = survey_remote(manifest, catalog, workers=list_workers)
+    remote = survey_remote(manifest, catalog, workers=list_workers, checksums=all_checksums)
     if is_case_insensitive(manifest.destination):
         remote = drop_case_collisions(remote)
-    selected = remote.selected
     mine: Collection[str] | None = None
     if share is not None:
         mine = frozenset(share(remote.selected))
-        selected = {p: f for p, f in remote.selected.items() if p in mine}
     recorded = store.entries()
     # Records below a folder we could not list are left out of the plan entirely:
     # we know nothing about them, so neither fetching nor deleting them is justified.
@@ -400,6 +437,18 @@ def survey(
         for p, e in recorded.items()
         if not remote.is_unlisted(p) and (mine is None or p in mine)
     }
+    # Local observation does not depend on checksums: an unrecorded file is never
+    # hashed here, so it serves both plans below.
+    observed = observe_local(
+        manifest.destination, state, _mine(remote.selected, mine).keys() | state.keys()
+    )
+    selected = _mine(remote.selected, mine)
+    plan = make_plan(selected, state, observed, listed=remote.listed, notes=remote.notes)
+    if not plan.to_fetch:
+        return Survey(plan=plan, remote=remote, state=state, observed=observed)
+    if not all_checksums:
+        remote = with_checksums(remote, catalog, [i.path.partition("/")[0] for i in plan.to_fetch])
+        selected = _mine(remote.selected, mine)
     adopted = adopt_local_files(
         manifest.destination, selected, state, trust_timestamps=trust_timestamps
     )
@@ -408,9 +457,15 @@ def survey(
             store.record(adopted)
         state.update((e.path, e) for e in adopted)
         log.info("adopted %d local file(s) that match upstream", len(adopted))
-    observed = observe_local(manifest.destination, state, selected.keys() | state.keys())
+    # Again, with the MD5s: they may turn up more changes, and verify what is fetched.
     plan = make_plan(selected, state, observed, listed=remote.listed, notes=remote.notes)
     return Survey(plan=plan, remote=remote, state=state, observed=observed)
+
+
+def _mine(
+    selected: dict[str, RemoteFile], mine: Collection[str] | None
+) -> dict[str, RemoteFile]:
+    return selected if mine is None else {p: f for p, f in selected.items() if p in mine}
 
 
 def make_batches(

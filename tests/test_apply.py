@@ -12,7 +12,7 @@ from conftest import PASSWORD, World
 from immsync.errors import ExitCode
 from immsync.hashing import file_checksum
 from immsync.state import StateStore, state_path
-from immsync.testing.sampledata import write_file
+from immsync.testing.sampledata import SAMPLE_MTIME, write_file
 
 FLOW = "SDY1/ResultFiles/Flow_cytometry_result"
 FCS = f"{FLOW}/02054141.001.52628.fcs"
@@ -119,6 +119,34 @@ class TestRerun:
         assert len(world.sessions()) == sessions
         assert world.emulator.count("/data/download/token") == tokens
         assert summary(result)["result"]["counts"]["download"] == 0
+
+    def test_file_manifest_is_fetched_only_when_something_downloads(self, world: World):
+        """The study's MD5 manifest: once for a first sync, never for a no-op, and --checksum."""
+        route = "/data/query/api/study/manifest/SDY1"
+        world.write_manifest(SDY1_FLOW_AND_STUDY)
+        assert world.apply().exit_code == 0
+        assert world.emulator.count(route) == 1
+        assert world.apply().exit_code == 0
+        assert world.run("plan", str(world.manifest_path)).exit_code == 0
+        assert world.emulator.count(route) == 1
+        assert world.apply("--checksum").exit_code == 0
+        assert world.emulator.count(route) == 2
+
+    def test_checksum_catches_new_bytes_behind_the_same_size_and_time(self, world: World):
+        """New bytes upstream, same size and listed second: only --checksum compares MD5s."""
+        world.write_manifest(SDY1_FLOW_AND_STUDY)
+        assert world.apply().exit_code == 0
+        old = (world.remote / FCS).read_bytes()
+        new = bytes(b ^ 0xFF for b in old)
+        # Half a second later: the listing (whole seconds) shows the same time.
+        write_file(world.remote, FCS, new, mtime=SAMPLE_MTIME + 0.5)
+        plan = ["plan", str(world.manifest_path), "--json"]
+        assert world.run(*plan).json()["actions"] == []
+        actions = world.run(*plan, "--checksum").json()["actions"]
+        assert [(a["action"], a["path"]) for a in actions] == [("update", FCS)]
+        assert actions[0]["reason"] == "changed upstream: md5 differs"
+        assert world.apply("--checksum").exit_code == 0
+        assert (world.dest / FCS).read_bytes() == new
 
     def test_noop_plan_says_nothing_to_do(self, world: World):
         """plan after a sync lists no actions and counts everything unchanged."""
