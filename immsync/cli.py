@@ -804,8 +804,10 @@ class _ApplyOutput:
             )
 
     def summary(self, report: Report, problems: tuple[str, ...]) -> None:
-        document = report_to_json(report, problems=problems)
         self._summarised = True
+        if self.events is None and self.summary_file is None:
+            return
+        document = report_to_json(report, problems=problems)
         if self.events is not None:
             self.events.summary(document)
         if self.summary_file is not None:

@@ -138,6 +138,8 @@ def selects(study: model.StudySelection, path_below_study: str) -> bool:
     every ``.txt`` file at any depth below ``ResultFiles``; as an exclude, ``.*`` leaves
     out files whose base name starts with a dot.
     """
+    if not study.include and not study.exclude:
+        return True
     base_name = path_below_study.rsplit("/", 1)[-1]
 
     def matches(pattern: str) -> bool:

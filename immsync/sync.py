@@ -423,13 +423,19 @@ def survey(
     are planned, and records of other paths are left out (another shard owns them);
     ``Survey.remote`` is still the whole selection.
     """
-    remote = survey_remote(manifest, catalog, workers=list_workers, checksums=all_checksums)
-    if is_case_insensitive(manifest.destination):
+    destination = manifest.destination
+    # The local side (the state, one lstat per recorded file) needs nothing from the
+    # listing, which spends most of its time waiting on the network: gather it
+    # meanwhile. On a large mirror both take seconds.
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="immsync-local") as local:
+        gathering = local.submit(_recorded_and_observed, destination, store)
+        remote = survey_remote(manifest, catalog, workers=list_workers, checksums=all_checksums)
+    recorded, observed = gathering.result()
+    if is_case_insensitive(destination):
         remote = drop_case_collisions(remote)
     mine: Collection[str] | None = None
     if share is not None:
         mine = frozenset(share(remote.selected))
-    recorded = store.entries()
     # Records below a folder we could not list are left out of the plan entirely:
     # we know nothing about them, so neither fetching nor deleting them is justified.
     state = {
@@ -437,21 +443,17 @@ def survey(
         for p, e in recorded.items()
         if not remote.is_unlisted(p) and (mine is None or p in mine)
     }
-    # Local observation does not depend on checksums: an unrecorded file is never
-    # hashed here, so it serves both plans below.
-    observed = observe_local(
-        manifest.destination, state, _mine(remote.selected, mine).keys() | state.keys()
-    )
     selected = _mine(remote.selected, mine)
+    # Local observation does not depend on checksums (an unrecorded file is never
+    # hashed here), so it serves both plans below.
+    observed.update(observe_local(destination, state, selected.keys() - recorded.keys()))
     plan = make_plan(selected, state, observed, listed=remote.listed, notes=remote.notes)
     if not plan.to_fetch:
         return Survey(plan=plan, remote=remote, state=state, observed=observed)
     if not all_checksums:
         remote = with_checksums(remote, catalog, [i.path.partition("/")[0] for i in plan.to_fetch])
         selected = _mine(remote.selected, mine)
-    adopted = adopt_local_files(
-        manifest.destination, selected, state, trust_timestamps=trust_timestamps
-    )
+    adopted = adopt_local_files(destination, selected, state, trust_timestamps=trust_timestamps)
     if adopted:
         if record_adopted:
             store.record(adopted)
@@ -460,6 +462,13 @@ def survey(
     # Again, with the MD5s: they may turn up more changes, and verify what is fetched.
     plan = make_plan(selected, state, observed, listed=remote.listed, notes=remote.notes)
     return Survey(plan=plan, remote=remote, state=state, observed=observed)
+
+
+def _recorded_and_observed(
+    destination: Path, store: StateStore
+) -> tuple[dict[str, StateEntry], dict[str, Observed | None]]:
+    recorded = store.entries()
+    return recorded, observe_local(destination, recorded, recorded.keys())
 
 
 def _mine(
@@ -654,13 +663,17 @@ class Applier:
 
     def _refresh_fingerprints(self, plan: Plan, found: Survey) -> None:
         """Re-record files whose timestamp moved but whose content hashed the same."""
+        # Only a file whose fingerprint moved was hashed (has a checksum) while observing.
+        hashed = {p: o for p, o in found.observed.items() if o is not None and o.checksum}
+        if not hashed:
+            return
         refreshed = []
         for item in plan.items:
-            if item.action is not Action.UNCHANGED:
+            local = hashed.get(item.path)
+            if local is None or item.action is not Action.UNCHANGED:
                 continue
             entry = found.state.get(item.path)
-            local = found.observed.get(item.path)
-            if entry and local and (local.size, local.mtime_ns) != (entry.size, entry.mtime_ns):
+            if entry and (local.size, local.mtime_ns) != (entry.size, entry.mtime_ns):
                 refreshed.append(
                     StateEntry(
                         entry.path,

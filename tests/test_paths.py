@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from immsync.errors import UnsafePath
 from immsync.paths import check_relative, resolve_inside, unsafe_reason
@@ -35,6 +37,18 @@ def test_hostile_paths_are_refused(path, reason):
 def test_ordinary_path_is_accepted():
     """A plain nested path passes unchanged."""
     assert check_relative("SDY1/ResultFiles/x y.fcs") == "SDY1/ResultFiles/x y.fcs"
+
+
+@given(st.text(alphabet="ab./\\\0\n\r", max_size=12))
+def test_accepted_exactly_when_every_rule_holds(path: str):
+    """Any string: accepted iff non-empty, relative, no bad character or segment."""
+    expected_safe = (
+        path != ""
+        and not path.startswith("/")
+        and not any(c in path for c in "\0\n\r\\")
+        and all(part not in ("", ".", "..") for part in path.split("/"))
+    )
+    assert (unsafe_reason(path) is None) == expected_safe
 
 
 def test_symlink_leading_outside_is_refused(tmp_path):
