@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "immsync"
@@ -81,3 +83,32 @@ def test_only_the_cli_imports_typer():
         assert "import click" not in source and "from click" not in source, path
         if path.name != "cli.py":
             assert "import typer" not in source, path
+
+
+def loaded_after(statement: str, watched: tuple[str, ...]) -> list[str]:
+    """Which of *watched* a fresh interpreter has loaded after running *statement*."""
+    code = f"import sys\n{statement}\nprint(sorted(m for m in {watched!r} if m in sys.modules))"
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    ).stdout
+    return list(ast.literal_eval(out.strip()))
+
+
+def test_every_public_name_resolves():
+    """Each name in immsync.__all__ is there, though loaded only on first use."""
+    import immsync
+
+    for name in immsync.__all__:
+        assert getattr(immsync, name) is not None, name
+
+
+def test_the_client_and_stand_in_ascp_start_without_the_manifest_libraries():
+    """The stand-in ascp starts once per session: it loads no YAML, schema or CLI code."""
+    watched = ("jsonschema", "yaml", "typer", "rich")
+    assert loaded_after("import immsync.immport, immsync.testing.fake_ascp", watched) == []
+
+
+def test_the_command_line_loads_the_network_stack_only_when_used():
+    """Offline commands (status, verify, validate) never pay for requests or the client."""
+    watched = ("requests", "immsync.immport", "immsync.https", "immsync.ascp")
+    assert loaded_after("import immsync.cli", watched) == []
