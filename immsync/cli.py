@@ -358,7 +358,12 @@ def apply(
         float, typer.Option(min=0.001, help="About this many GiB per ascp session at most.")
     ] = 20.0,
     session_stagger: Annotated[
-        float, typer.Option(min=0, help="Seconds between the starts of two ascp sessions.")
+        float,
+        typer.Option(
+            min=0,
+            help="Space session starts by up to this many seconds: the next starts once "
+            "the previous one has connected, or after this long.",
+        ),
     ] = 1.0,
     retries: Annotated[
         int, typer.Option(min=0, help="Retries of a failed session (transient faults only).")

@@ -24,7 +24,7 @@ import stat
 import threading
 import time
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -43,7 +43,7 @@ from .errors import (
     UnsafePath,
     UsageError,
 )
-from .hashing import file_digests
+from .hashing import Digests, file_digests
 from .model import (
     Action,
     FileOutcome,
@@ -115,7 +115,8 @@ class SyncOptions:
     """Refuse a prune that would delete more than this share of the recorded files."""
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     session_stagger: float = 1.0
-    """Seconds between the starts of two transfer sessions."""
+    """Seconds between the starts of two transfer sessions at most: a session starts
+    sooner once the one before it has connected (see ``SessionGate``)."""
     split_min_bytes: int = 64 * 1024**2
     """Split work across parallel sessions only in shares of at least this many bytes:
     below it, one more session start costs more than it saves."""
@@ -512,12 +513,32 @@ def make_batches(
     return sorted((b for b in batches if b), key=lambda b: b[0].path)
 
 
+class SessionSlot:
+    """A session admitted by a ``SessionGate``; tell it when the session has connected."""
+
+    __slots__ = ("_connected", "_gate")
+
+    def __init__(self, gate: SessionGate) -> None:
+        self._gate = gate
+        self._connected = False
+
+    def connected(self) -> None:
+        """The server accepted this session (its first progress arrived). Cheap to repeat."""
+        if not self._connected:
+            self._connected = True
+            self._gate._connected(self)
+
+
 class SessionGate:
-    """Admits at most *limit* transfer sessions at once, their starts *stagger* apart.
+    """Admits at most *limit* transfer sessions at once, their starts spaced out.
 
     Aspera servers refuse authentication when many sessions start together (the
-    sra-tools fix was to space starts ~2 s apart); ``reduce`` lowers the limit when
-    that happens, so the run slows down instead of failing.
+    sra-tools fix was to space starts ~2 s apart). So a session starts only once the
+    one started before it has connected (its first progress line: the server accepted
+    it), or *stagger* seconds after that one's start, whichever comes first: starts
+    never overlap a sign-in, and a fast server is not kept waiting. After a refusal
+    (``reduce``) the limit drops by one and every start waits the whole *stagger*, so
+    the run slows down instead of failing.
     """
 
     def __init__(
@@ -527,38 +548,71 @@ class SessionGate:
         stagger: float,
         cancel: threading.Event,
         clock: Callable[[], float],
-        sleep: Callable[[float], None],
+        wait: Callable[[float], None] | None = None,
     ) -> None:
+        """*wait(seconds)* waits that long at most, or until the gate is notified.
+
+        It is called with the gate's lock held; the default waits on the gate's
+        condition, which releases it. Tests pass a fake that moves *clock* instead.
+        """
         self.limit = max(1, limit)
         self._stagger = stagger
         self._cancel = cancel
         self._clock = clock
-        self._sleep = sleep
         self._active = 0
         self._next_start = float("-inf")
+        self._latest: SessionSlot | None = None
+        self._patient = False
         self._cond = threading.Condition()
+        self._wait = wait or self._wait_on_condition
 
     @contextlib.contextmanager
-    def session(self) -> Iterator[bool]:
-        """Yield True once admitted, or False if the run was cancelled while waiting."""
+    def session(self) -> Iterator[SessionSlot | None]:
+        """Yield a slot once admitted, or None if the run was cancelled while waiting."""
+        slot: SessionSlot | None = None
         with self._cond:
             while self._active >= self.limit and not self._cancel.is_set():
                 self._cond.wait(timeout=0.2)
-            if self._cancel.is_set():
-                yield False
-                return
-            self._active += 1
-            now = self._clock()
-            start = max(now, self._next_start)
-            self._next_start = start + self._stagger
+            if not self._cancel.is_set():
+                self._active += 1
+                slot = self._await_turn()
+                if slot is None:
+                    self._release()
+        if slot is None:
+            yield None
+            return
         try:
-            if start > now:
-                self._sleep(start - now)
-            yield True
+            yield slot
         finally:
             with self._cond:
-                self._active -= 1
+                self._release()
+
+    def _await_turn(self) -> SessionSlot | None:
+        while not self._cancel.is_set():
+            now = self._clock()
+            if now >= self._next_start:
+                slot = SessionSlot(self)
+                self._latest = slot
+                self._next_start = now + self._stagger
+                return slot
+            self._wait(self._next_start - now)
+        return None
+
+    def _release(self) -> None:
+        self._active -= 1
+        self._cond.notify_all()
+
+    def _connected(self, slot: SessionSlot) -> None:
+        with self._cond:
+            # Only the latest start's connection frees the next start; after a refusal,
+            # starts wait the whole stagger again.
+            if slot is self._latest and not self._patient:
+                self._next_start = min(self._next_start, self._clock())
                 self._cond.notify_all()
+
+    def _wait_on_condition(self, seconds: float) -> None:
+        # A bounded wait, so that a cancel (an Event, not this condition) is seen soon.
+        self._cond.wait(timeout=min(seconds, 0.2))
 
     @property
     def concurrent(self) -> int:
@@ -566,9 +620,14 @@ class SessionGate:
             return self._active
 
     def reduce(self) -> int:
-        """Lower the limit by one (not below one); return the new limit."""
+        """Lower the limit by one (not below one); return the new limit.
+
+        Called when the server refused a session while others ran: from now on every
+        start waits the whole stagger, connected or not.
+        """
         with self._cond:
             self.limit = max(1, self.limit - 1)
+            self._patient = True
             return self.limit
 
 
@@ -707,21 +766,28 @@ class Applier:
             stagger=self.options.session_stagger,
             cancel=self._stop,
             clock=self._clock,
-            sleep=self._sleep,
         )
-        with ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="immsync-transfer") as pool:
+        with (
+            ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="immsync-transfer") as pool,
+            ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="immsync-hash") as hasher,
+        ):
             futures = [
-                pool.submit(self._run_batch, batch, f"batch {n}/{total}", report, gate)
+                pool.submit(self._run_batch, batch, f"batch {n}/{total}", report, gate, hasher)
                 for n, batch in enumerate(batches, 1)
             ]
             for future in futures:
                 future.result()
 
     def _run_batch(
-        self, items: list[PlanItem], label: str, report: Report, gate: SessionGate
+        self,
+        items: list[PlanItem],
+        label: str,
+        report: Report,
+        gate: SessionGate,
+        hasher: ThreadPoolExecutor,
     ) -> None:
         try:
-            self._run_batch_attempts(items, label, report, gate)
+            self._run_batch_attempts(items, label, report, gate, hasher)
         except BaseException:
             # Anything unexpected (say the state became unwritable) stops every other
             # batch too: carrying on would only pile up unrecorded transfers.
@@ -729,7 +795,12 @@ class Applier:
             raise
 
     def _run_batch_attempts(
-        self, items: list[PlanItem], label: str, report: Report, gate: SessionGate
+        self,
+        items: list[PlanItem],
+        label: str,
+        report: Report,
+        gate: SessionGate,
+        hasher: ThreadPoolExecutor,
     ) -> None:
         pending = {item.path: item for item in items}
         self._discard_stale_staging([item.remote for item in items if item.remote is not None])
@@ -742,24 +813,39 @@ class Applier:
             batch = TransferBatch(files=files, staging=self.staging, label=label)
             error: TransferError | None = None
             concurrent = 1
-            with gate.session() as admitted:
-                if not admitted:
+            early = _EarlyHashes(self.staging, files, hasher)
+            with gate.session() as slot:
+                if slot is None:
                     return
                 concurrent = gate.concurrent
                 self.reporter.batch_started(batch)
                 with self._lock:
                     report.sessions += 1
+
+                def on_progress(
+                    event: ProgressEvent, slot: SessionSlot = slot, early: _EarlyHashes = early
+                ) -> None:
+                    slot.connected()
+                    self.reporter.progress(event)
+                    if event.percent == 100:
+                        early.file_done(event.name)
+
                 try:
-                    self.transfer.fetch(batch, self.reporter.progress)
+                    self.transfer.fetch(batch, on_progress)
                 except TransferError as exc:
                     error = exc
                     # Sessions started after this one ran beside it too: a refusal is
                     # "alone" only if none ran when it started nor when it failed.
                     concurrent = max(concurrent, gate.concurrent)
+            hashed = early.results()
             # Whatever arrived complete is verified and kept, even if the session failed.
             for path in list(pending):
                 collected = self._collect(
-                    pending[path], report, checksum_retries, finished=error is None
+                    pending[path],
+                    report,
+                    checksum_retries,
+                    finished=error is None,
+                    hashed=hashed.get(path),
                 )
                 if collected is not None:
                     del pending[path]
@@ -838,12 +924,19 @@ class Applier:
             terminate()
 
     def _collect(
-        self, item: PlanItem, report: Report, checksum_retries: set[str], *, finished: bool
+        self,
+        item: PlanItem,
+        report: Report,
+        checksum_retries: set[str],
+        *,
+        finished: bool,
+        hashed: _Hashed | None = None,
     ) -> FileOutcome | None:
         """Verify, place and record one staged file; None if it has not arrived complete.
 
         *finished*: the session reported success, so a short file is not a partial
-        still arriving but a truncated one: a size mismatch.
+        still arriving but a truncated one: a size mismatch. *hashed*: its digests,
+        taken while the session still ran, used if the staged file is still that one.
         """
         remote = item.remote
         assert remote is not None
@@ -857,7 +950,9 @@ class Applier:
         if st.st_size < remote.size and not finished:
             return None  # partial: kept in staging so the next attempt resumes it
         try:
-            outcome = self._verify_and_place(item, remote, staged)
+            outcome = self._verify_and_place(
+                item, remote, staged, hashed if hashed and hashed.describes(st) else None
+            )
         except ChecksumMismatch as exc:
             staged.unlink(missing_ok=True)
             if remote.path not in checksum_retries:
@@ -872,13 +967,18 @@ class Applier:
         self.reporter.file_done(outcome)
         return outcome
 
-    def _verify_and_place(self, item: PlanItem, remote: RemoteFile, staged: Path) -> FileOutcome:
-        try:
-            digests = file_digests(staged, md5=remote.md5 is not None)
-        except OSError as exc:
-            raise LocalIOError(
-                f"{remote.path}: cannot read the download {staged}: {exc.strerror or exc}"
-            ) from exc
+    def _verify_and_place(
+        self, item: PlanItem, remote: RemoteFile, staged: Path, hashed: _Hashed | None
+    ) -> FileOutcome:
+        if hashed is not None:
+            digests = hashed.digests
+        else:
+            try:
+                digests = file_digests(staged, md5=remote.md5 is not None)
+            except OSError as exc:
+                raise LocalIOError(
+                    f"{remote.path}: cannot read the download {staged}: {exc.strerror or exc}"
+                ) from exc
         if digests.size != remote.size:
             raise ChecksumMismatch(
                 f"{remote.path}: size mismatch: expected {remote.size} bytes, "
@@ -891,7 +991,8 @@ class Applier:
             )
         final = resolve_inside(self.destination, remote.path)
         try:
-            _fsync_file(staged)
+            if hashed is None:  # hashed early: flushed to disk then too
+                _fsync_file(staged)
             final.parent.mkdir(parents=True, exist_ok=True)
             os.replace(staged, final)
             st = final.stat()
@@ -977,6 +1078,67 @@ class Applier:
             if here != self.staging:
                 with contextlib.suppress(OSError):  # not empty: it holds a kept partial
                     here.rmdir()
+
+
+@dataclass(frozen=True, slots=True)
+class _Hashed:
+    """A staged file's digests, taken (and the file fsynced) while its session ran."""
+
+    inode: int
+    size: int
+    digests: Digests
+
+    def describes(self, st: os.stat_result) -> bool:
+        # ascp writes <name>.partial and renames it when done, so a file re-sent after
+        # the hash is a new inode; only its time may change (ascp -p), not its bytes.
+        return (st.st_ino, st.st_size) == (self.inode, self.size)
+
+
+class _EarlyHashes:
+    """Hashes each file of a session as soon as the transport reports it complete.
+
+    Hashing (xxh3_128, and MD5 where ImmPort has one) and the fsync are most of the
+    work after a transfer. Done while the session still moves the next files, only the
+    last file's remain when it ends. The file is only read here: placing and recording
+    it wait for the end of the session, so a transport still finishing it (setting its
+    time, removing its checkpoint) is never disturbed.
+    """
+
+    def __init__(
+        self, staging: Path, files: Sequence[RemoteFile], pool: ThreadPoolExecutor
+    ) -> None:
+        self._staging = staging
+        self._pool = pool
+        self._by_name: dict[str, list[RemoteFile]] = {}
+        for file in files:
+            self._by_name.setdefault(file.path.rpartition("/")[2], []).append(file)
+        self._futures: dict[str, Future[_Hashed | None]] = {}
+
+    def file_done(self, name: str) -> None:
+        """The transport reports *name* (a base name, as ``ascp`` prints it) complete."""
+        for file in self._by_name.get(name, ()):
+            if file.path not in self._futures:
+                self._futures[file.path] = self._pool.submit(self._hash, file)
+
+    def results(self) -> dict[str, _Hashed]:
+        """What could be hashed (waits for hashes still running)."""
+        done = {path: future.result() for path, future in self._futures.items()}
+        return {path: hashed for path, hashed in done.items() if hashed is not None}
+
+    def _hash(self, file: RemoteFile) -> _Hashed | None:
+        staged = self._staging / file.path
+        try:
+            st = staged.lstat()
+            if not stat.S_ISREG(st.st_mode) or st.st_size != file.size:
+                return None
+            for suffix in (".partial", ".aspx"):
+                if os.path.lexists(f"{staged}{suffix}"):
+                    return None  # the transport is not done with it after all
+            digests = file_digests(staged, md5=file.md5 is not None)
+            _fsync_file(staged)
+        except OSError:
+            return None  # judged again, with errors reported, when the session ends
+        return _Hashed(st.st_ino, st.st_size, digests)
 
 
 def _without_path(message: str, path: str) -> str:

@@ -46,7 +46,7 @@ def gate(limit: int, stagger: float = 0.0, cancel: threading.Event | None = None
         stagger=stagger,
         cancel=cancel or threading.Event(),
         clock=fake.clock,
-        sleep=fake.sleep,
+        wait=fake.sleep,
     )
     return made, fake
 
@@ -185,6 +185,41 @@ class TestSessionGate:
         assert starts == [100.0, 102.0, 104.0]
         assert fake.sleeps == [2.0, 2.0]
 
+    def test_a_connected_session_lets_the_next_start_at_once(self):
+        """The previous session connected at 100.5: the next starts then, not at 102."""
+        made, fake = gate(3, stagger=2.0)
+        with made.session() as first:
+            assert first is not None
+            fake.now += 0.5
+            first.connected()
+            with made.session():
+                assert fake.now == 100.5
+        assert fake.sleeps == []
+
+    def test_only_the_latest_start_connecting_counts(self):
+        """An older session connecting late does not cut the wait after a newer start."""
+        made, fake = gate(3, stagger=2.0)
+        starts = []
+        with made.session() as first:
+            assert first is not None
+            with made.session():
+                first.connected()  # at 102: the second, started then, has not connected
+                with made.session():
+                    starts.append(fake.now)
+        assert starts == [104.0]
+        assert fake.sleeps == [2.0, 2.0]
+
+    def test_after_a_refusal_starts_wait_the_whole_stagger(self):
+        """Once reduce() was called (the server refused one), connecting frees nothing."""
+        made, fake = gate(3, stagger=2.0)
+        made.reduce()
+        with made.session() as first:
+            assert first is not None
+            first.connected()
+            with made.session():
+                assert fake.now == 102.0
+        assert fake.sleeps == [2.0]
+
     def test_no_stagger_sleep_once_time_has_passed(self):
         """A session starting long after the previous one does not sleep at all."""
         made, fake = gate(1, stagger=2.0)
@@ -208,11 +243,11 @@ class TestSessionGate:
         cancel.set()
         made, _ = gate(2, cancel=cancel)
         with made.session() as admitted:
-            assert admitted is False
+            assert admitted is None
         assert made.concurrent == 0
 
     def test_cancel_releases_a_waiting_session(self):
-        """A session waiting for a free slot gives up (False) when the run is cancelled."""
+        """A session waiting for a free slot gives up (None) when the run is cancelled."""
         cancel = threading.Event()
         made, _ = gate(1, cancel=cancel)
         result: list[bool] = []
@@ -226,7 +261,7 @@ class TestSessionGate:
             thread.start()
             cancel.set()
             thread.join(10)
-            assert result == [False]
+            assert result == [None]
             assert made.concurrent == 1
 
     def test_reduce_lowers_the_limit_but_not_below_one(self):

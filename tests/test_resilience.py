@@ -7,6 +7,7 @@ session, consumed in order) and from `Emulator.inject`.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import random
@@ -192,6 +193,24 @@ class TestParallelSessions:
         paths = selected_remote(world, "SDY1")
         assert world.local_files() == paths
         assert_synced(world, paths)
+
+
+    def test_each_start_waits_for_the_previous_sign_in_not_the_whole_stagger(self, world: World):
+        """--session-stagger 60: a session starts once the one before it has connected."""
+        world.write_manifest(WHOLE_SDY1)
+        world.configure_aspera(setup_delay=0.3)
+        result = world.run(
+            "apply", str(world.manifest_path), "--jobs", "3", "--batch-files", "2",
+            "--session-stagger", "60", "--retry-wait", "0.01",
+        )  # fmt: skip
+        assert result.exit_code == 0, result.output
+        starts = sorted(s["started"] for s in world.sessions())
+        assert len(starts) == 4
+        # Never two sign-ins at once: each start came after the previous one's 0.3 s set-up.
+        assert all(later - earlier >= 0.3 for earlier, later in itertools.pairwise(starts))
+        # ...and not a minute apart, as a fixed stagger would have spaced them.
+        assert starts[-1] - starts[0] < 60
+        assert_synced(world, selected_remote(world, "SDY1"))
 
 
 # -- 3. faults and immsync's answers ------------------------------------------------------
