@@ -226,9 +226,25 @@ def _errors_to_exit_codes() -> Iterator[None]:
     except ImmsyncError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(int(exc.exit_code)) from None
-    except KeyboardInterrupt:
-        typer.echo("error: interrupted", err=True)
-        raise typer.Exit(int(ExitCode.INTERRUPTED)) from None
+    except KeyboardInterrupt as exc:
+        # Outside the transfers (listing, planning, verifying) nothing is half-written:
+        # every file that was recorded is complete, and a rerun takes up from there.
+        terminated = isinstance(exc, _Terminated)
+        typer.echo(
+            f"error: {'terminated' if terminated else 'interrupted'}; every file recorded "
+            "so far is complete: run the same command again to go on",
+            err=True,
+        )
+        code = ExitCode.TERMINATED if terminated else ExitCode.INTERRUPTED
+        raise typer.Exit(int(code)) from None
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C so that the same clean-up runs (see ``main``)."""
+
+
+def _raise_terminated(signum: int, frame: FrameType | None) -> None:
+    raise _Terminated
 
 
 def _out(text: str = "") -> None:
@@ -1113,4 +1129,7 @@ def _signals_cancel(cancel: threading.Event, transfer: Any) -> Iterator[list[int
 
 def main() -> None:
     """Console-script entry point."""
+    # By default SIGTERM ends Python without a word. While transfers run,
+    # _signals_cancel takes over both signals to stop them and record what finished.
+    signal.signal(signal.SIGTERM, _raise_terminated)
     app()

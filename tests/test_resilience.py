@@ -520,6 +520,33 @@ class TestInterruption:
         assert rerun[0]["bytes_sent"] < BIG_SIZE
         assert_synced(world, [*selected_remote(world, FLOW), "SDY1/StudyFiles/Study_design.txt"])
 
+    @pytest.mark.parametrize(
+        ("signum", "code", "word"),
+        [
+            (signal.SIGINT, ExitCode.INTERRUPTED, "interrupted"),
+            (signal.SIGTERM, ExitCode.TERMINATED, "terminated"),
+        ],
+    )
+    def test_signal_while_listing_ends_with_a_message(
+        self, world: World, signum: int, code: int, word: str
+    ):
+        """Stopped before any transfer: exit 130/143 with one line, no traceback, no ascp."""
+        world.write_manifest(SDY1_FLOW_AND_STUDY)
+        world.emulator.latency = 0.5
+        proc = start_apply(world)
+        try:
+            wait_for(lambda: world.emulator.count("/data/list") >= 1, "the listing")
+            proc.send_signal(signum)
+            returncode, _out, err = finish(proc, timeout=30)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        assert returncode == code, err
+        assert f"error: {word}; every file recorded so far is complete" in err
+        assert "Traceback" not in err
+        assert world.sessions() == []
+
     def test_signal_during_a_retry_wait_ends_the_run_at_once(self, world: World):
         """SIGTERM while a failed session waits to retry ends the run without the wait."""
         world.write_manifest(SDY1_FLOW_AND_STUDY)
