@@ -490,11 +490,14 @@ def apply(
             out.plan(found)
             _finish_apply(report, found.remote.problems, out, prune)
             return
-        if shard is None:
-            destination_lock = loaded.destination / STATE_DIRNAME / "lock"
-        else:
-            destination_lock = shard_lock_path(loaded.destination, shard)
-        with DestinationLock(destination_lock, wait=wait):
+        main_lock = loaded.destination / STATE_DIRNAME / "lock"
+        with contextlib.ExitStack() as locks:
+            # A shard shares the destination with the other shards of its run only.
+            locks.enter_context(DestinationLock(main_lock, wait=wait, shared=shard is not None))
+            if shard is not None:
+                locks.enter_context(
+                    DestinationLock(shard_lock_path(loaded.destination, shard), wait=wait)
+                )
             if rebuild_state:
                 _set_aside_broken_state(state_path(loaded.destination))
             if shard is None and existing_shards(loaded.destination):

@@ -22,19 +22,27 @@ from .errors import LockedError, StateError
 
 
 class DestinationLock:
-    """Context manager holding the exclusive lock of one destination."""
+    """Context manager holding the lock of one destination.
+
+    Exclusive by default. Shards of one sharded run (``apply --shard``) hold it
+    *shared*, beside their own exclusive shard lock: they run together, while an
+    unsharded apply or a merge, which take it exclusively, wait for all of them (and
+    they for it).
+    """
 
     def __init__(
         self,
         path: Path,
         *,
         wait: float | None = None,
+        shared: bool = False,
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.path = path
         self.wait = wait
         """Seconds to wait for the holder to finish; None fails at once."""
+        self.shared = shared
         self._sleep = sleep
         self._clock = clock
         self._fd: int | None = None
@@ -49,9 +57,10 @@ class DestinationLock:
                 hint="check that the destination is writable",
             ) from exc
         deadline = None if self.wait is None else self._clock() + self.wait
+        mode = fcntl.LOCK_SH if self.shared else fcntl.LOCK_EX
         while True:
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fcntl.flock(fd, mode | fcntl.LOCK_NB)
                 break
             except BlockingIOError:
                 if deadline is None or self._clock() >= deadline:
@@ -64,6 +73,13 @@ class DestinationLock:
                         "behind it",
                     ) from None
                 self._sleep(0.2)
+        self._fd = fd
+        if self.shared:
+            # Many hold it at once, so none is named; a name a killed exclusive holder
+            # left behind would now be wrong.
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, 0)
+            return
         holder_info = {
             "pid": os.getpid(),
             "host": socket.gethostname(),
@@ -74,13 +90,13 @@ class DestinationLock:
         with contextlib.suppress(OSError):
             os.ftruncate(fd, 0)
             os.pwrite(fd, json.dumps(holder_info).encode() + b"\n", 0)
-        self._fd = fd
 
     def release(self) -> None:
         if self._fd is not None:
             # Leave the file in place: unlinking a lock file races with a run that
             # has just opened it and would let two runs hold "the" lock at once.
-            os.ftruncate(self._fd, 0)
+            if not self.shared:
+                os.ftruncate(self._fd, 0)
             fcntl.flock(self._fd, fcntl.LOCK_UN)
             os.close(self._fd)
             self._fd = None
@@ -104,4 +120,5 @@ def describe_holder(path: Path) -> str:
         info = json.loads(path.read_text(encoding="utf-8") or "{}")
         return f"pid {info['pid']} on host {info['host']} since {info['started']}"
     except (OSError, ValueError, KeyError, TypeError):
-        return "another immsync process"
+        # Shards hold the lock shared and write nothing in it.
+        return "another immsync process (a sharded run, `apply --shard`, leaves no name)"

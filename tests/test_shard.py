@@ -175,6 +175,25 @@ class TestShardedRun:
         assert shard_state_path(world.dest, Shard(1, 2)).exists()
         assert recorded(state_path(world.dest)) == {}
 
+    def test_a_shard_refuses_while_an_unsharded_run_holds_the_destination(self, world: World):
+        """An unsharded apply holds the destination: a shard exits 9 naming it, fetching nothing."""
+        world.write_manifest(WHOLE)
+        with DestinationLock(world.dest / ".immsync" / "lock"):
+            result = world.apply("--shard", "1/2")
+        assert result.exit_code == ExitCode.LOCKED
+        assert f"is in use by pid {os.getpid()}" in result.stderr
+        assert world.sessions() == []
+
+    def test_an_unsharded_apply_refuses_while_a_shard_runs(self, world: World):
+        """A shard of a running sharded run: a plain apply exits 9 instead of racing it."""
+        world.write_manifest(WHOLE)
+        with DestinationLock(world.dest / ".immsync" / "lock", shared=True):
+            result = world.apply()
+            assert world.apply("--shard", "2/2").exit_code == 0  # its sibling shares it
+        assert result.exit_code == ExitCode.LOCKED
+        assert "a sharded run" in result.stderr
+        assert not (world.dest / ".immsync" / "state.sqlite").exists()
+
     def test_shard_refuses_prune(self, world: World):
         """--shard with --prune is a usage error: deletions need the whole picture."""
         world.write_manifest(WHOLE)
