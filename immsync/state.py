@@ -78,11 +78,7 @@ class StateStore:
         """
         if not path.exists():
             if not create:
-                # Nothing recorded yet: an empty in-memory state, and no file created.
-                memory = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
-                empty = cls(memory, path)
-                empty._initialise()
-                return empty
+                return cls._empty(path)
             try:
                 path.parent.mkdir(parents=True, exist_ok=True)
             except OSError as exc:
@@ -97,7 +93,11 @@ class StateStore:
                 path, timeout=30.0, isolation_level=None, check_same_thread=False
             )
             store = cls(db, path)
-            store._prepare()
+            if not store._prepare(create=create):
+                # Created a moment ago by a run that has not written its tables yet:
+                # nothing is recorded, and a reader must not write them itself.
+                db.close()
+                return cls._empty(path)
         except sqlite3.DatabaseError as exc:
             if getattr(exc, "sqlite_errorname", "").startswith(_LOCAL_TROUBLE):
                 # Not corruption: never advise setting a healthy state aside.
@@ -115,6 +115,14 @@ class StateStore:
         return store
 
     @classmethod
+    def _empty(cls, path: Path) -> StateStore:
+        """Nothing recorded yet: an empty in-memory state, and no file created."""
+        memory = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
+        empty = cls(memory, path)
+        empty._initialise()
+        return empty
+
+    @classmethod
     def _open_unwritable(cls, path: Path, first: sqlite3.DatabaseError) -> StateStore:
         """Read a state where nothing can be written: a read-only mount, a full disk.
 
@@ -126,7 +134,9 @@ class StateStore:
         try:
             db = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
             store = cls(db, path)
-            store._prepare()
+            if not store._prepare(create=False):
+                db.close()
+                return cls._empty(path)
         except sqlite3.DatabaseError as exc:
             raise StateError(
                 f"cannot open the state file {path}: {first}",
@@ -134,13 +144,16 @@ class StateStore:
             ) from exc
         return store
 
-    def _prepare(self) -> None:
+    def _prepare(self, *, create: bool) -> bool:
+        """Check (and with *create*, initialise) the state; False if it is blank."""
         (app_id,) = self._db.execute("PRAGMA application_id").fetchone()
         (version,) = self._db.execute("PRAGMA user_version").fetchone()
         tables = self._db.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
         if app_id == 0 and version == 0 and tables == 0:
+            if not create:
+                return False
             self._initialise()
-            return
+            return True
         if app_id != APPLICATION_ID:
             raise StateError(
                 f"{self.path} is not an immsync state file",
@@ -166,6 +179,7 @@ class StateStore:
             # and a read-only open simply goes without it.
             with contextlib.suppress(sqlite3.OperationalError):
                 self._db.execute(_STAGING_TABLE)
+        return True
 
     def _initialise(self) -> None:
         # WAL: readers (status, verify) never block the writer (apply), and a commit

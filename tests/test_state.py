@@ -25,6 +25,19 @@ def test_missing_state_is_empty_without_creating_it(tmp_path):
     assert not path.exists()
 
 
+def test_a_blank_state_another_run_is_creating_is_read_as_empty_not_written(tmp_path):
+    """A reader meeting a state file with no tables yet (a shard creating it) leaves it be."""
+    path = tmp_path / "state.sqlite"
+    sqlite3.connect(path).close()  # what a creator's connect leaves before its tables
+    with StateStore.open(path, create=False) as store:
+        assert store.entries() == {}
+    assert path.stat().st_size == 0
+    with StateStore.open(path, create=True) as store:  # its creator then goes on
+        store.record([StateEntry("SDY1/a", 1, 2, "xxh3_128:" + "0" * 32, 1, "t")])
+    with StateStore.open(path, create=False) as store:
+        assert list(store.entries()) == ["SDY1/a"]
+
+
 def test_record_and_reload(tmp_path):
     """Recorded entries survive closing and reopening."""
     path = tmp_path / "state.sqlite"
