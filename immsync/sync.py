@@ -452,7 +452,11 @@ def survey(
     if not plan.to_fetch:
         return Survey(plan=plan, remote=remote, state=state, observed=observed)
     if not all_checksums:
-        remote = with_checksums(remote, catalog, [i.path.partition("/")[0] for i in plan.to_fetch])
+        studies = sorted({item.path.partition("/")[0] for item in plan.to_fetch})
+        # Let the draft plan and the listing's records go before the MD5s come in: at
+        # 100,000 files they would all be held at once.
+        del plan, selected
+        remote = with_checksums(remote, catalog, studies)
         selected = _mine(remote.selected, mine)
     adopted = adopt_local_files(destination, selected, state, trust_timestamps=trust_timestamps)
     if adopted:
