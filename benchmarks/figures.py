@@ -312,22 +312,6 @@ def parallel_sessions(ctx: Context) -> Figure:
 
         alternate(sz.parallel_rounds, run_jobs(1), run_jobs(4))
         ratio = ratio_summary(times[1], times[4])
-        diagnosis: dict[str, Any] = {}
-        if ratio["median"] < 3 and sz is FULL:
-            # Which part of immsync's own behaviour holds --jobs 4 back: one more run
-            # without the pause between session starts, against a --jobs 1 run beside it.
-            common.remove_tree(dest)
-            plain = immsync("apply", str(manifest), "--jobs", "1", env=world.env).check()
-            common.remove_tree(dest)
-            bare = immsync(
-                "apply", str(manifest), "--jobs", "4", "--session-stagger", "0", env=world.env
-            )
-            if bare.returncode == 0:
-                diagnosis = {
-                    "jobs4_without_stagger_seconds": bare.elapsed,
-                    "jobs1_beside_it_seconds": plain.elapsed,
-                    "ratio_without_stagger": plain.elapsed / bare.elapsed,
-                }
     floor = total / sz.parallel_rate
     return Figure(
         key="parallel",
@@ -353,7 +337,6 @@ def parallel_sessions(ctx: Context) -> Figure:
             "jobs4_sessions": sessions[4][-1],
             "one_session_floor_seconds": floor,
             "four_session_floor_seconds": floor / 4,
-            **diagnosis,
             "headline": f"sessions {sessions[1][-1]} vs {sessions[4][-1]}",
         },
     )
@@ -782,9 +765,7 @@ def https_transport(ctx: Context) -> Figure:
         ),
         bound=(
             f"immsync {speeds['immsync']:.0f} MB/s, requests loop {speeds['requests']:.0f} "
-            "MB/s (medians). Both are bounded by the emulator serving from the page cache "
-            "on the same two cores and by writing to disk; immsync reads the raw stream in "
-            "1 MiB chunks and runs four downloads at once, the loop one at a time."
+            "MB/s (medians)."
         ),
         details={"headline": https_vs_requests.line(result), **result},
     )
