@@ -427,9 +427,10 @@ def survey(
     destination = manifest.destination
     # The local side (the state, one lstat per recorded file) needs nothing from the
     # listing, which spends most of its time waiting on the network: gather it
-    # meanwhile. On a large mirror both take seconds.
+    # meanwhile. On a large mirror both take seconds. A shard observes only its share,
+    # which it knows once the listing is in.
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="immsync-local") as local:
-        gathering = local.submit(_recorded_and_observed, destination, store)
+        gathering = local.submit(_recorded_and_observed, destination, store, share is None)
         remote = survey_remote(manifest, catalog, workers=list_workers, checksums=all_checksums)
     recorded, observed = gathering.result()
     if is_case_insensitive(destination):
@@ -447,7 +448,8 @@ def survey(
     selected = _mine(remote.selected, mine)
     # Local observation does not depend on checksums (an unrecorded file is never
     # hashed here), so it serves both plans below.
-    observed.update(observe_local(destination, state, selected.keys() - recorded.keys()))
+    unobserved = (selected.keys() | state.keys()) - observed.keys()
+    observed.update(observe_local(destination, state, unobserved))
     plan = make_plan(selected, state, observed, listed=remote.listed, notes=remote.notes)
     if not plan.to_fetch:
         return Survey(plan=plan, remote=remote, state=state, observed=observed)
@@ -470,10 +472,10 @@ def survey(
 
 
 def _recorded_and_observed(
-    destination: Path, store: StateStore
+    destination: Path, store: StateStore, observe: bool
 ) -> tuple[dict[str, StateEntry], dict[str, Observed | None]]:
     recorded = store.entries()
-    return recorded, observe_local(destination, recorded, recorded.keys())
+    return recorded, observe_local(destination, recorded, recorded.keys()) if observe else {}
 
 
 def _mine(
