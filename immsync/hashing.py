@@ -34,13 +34,18 @@ class Digests:
     """Lowercase hex MD5, computed only when asked for."""
 
 
-def file_digests(path: Path, *, md5: bool = False) -> Digests:
-    """Hash *path* in one pass: always xxh3_128, and MD5 too when *md5* is true."""
+def file_digests(path: Path, *, md5: bool = False, mapped: bool = True) -> Digests:
+    """Hash *path* in one pass: always xxh3_128, and MD5 too when *md5* is true.
+
+    *mapped*: large files are read through a memory map (see ``_hash_mapped``). Pass
+    False for a file someone may be rewriting right now, such as a local file that
+    changed under a sync: reading it can then give torn bytes, never a crash.
+    """
     xxh = xxhash.xxh3_128()
     md5_hash = hashlib.md5(usedforsecurity=False) if md5 else None
     size = 0
     with path.open("rb", buffering=0) as fh:
-        if os.fstat(fh.fileno()).st_size >= MMAP_MIN_SIZE:
+        if mapped and os.fstat(fh.fileno()).st_size >= MMAP_MIN_SIZE:
             size = _hash_mapped(fh.fileno(), xxh, md5_hash)
             fh.seek(size)  # a file that grew since it was mapped: read the rest
         buffer = bytearray(CHUNK_SIZE)
@@ -62,8 +67,9 @@ def _hash_mapped(fd: int, xxh: xxhash.xxh3_128, md5_hash: hashlib._Hash | None) 
     """Feed the file's bytes to the digests from a memory map; return how many.
 
     Like every memory-mapped reader (b3sum, ripgrep), a process hashing a file that
-    another process truncates at that moment gets SIGBUS; immsync hashes its own
-    staged downloads, and local files only to check them.
+    another process truncates at that moment gets SIGBUS. So immsync maps its own
+    staged downloads and, in ``verify``, the files it recorded; a local file found
+    changed while planning, which someone may be rewriting, is read instead.
     """
     try:
         mapped = mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
