@@ -6,7 +6,10 @@ For each file of a batch (reference §1.5-1.6):
 2. ``GET {query}/drs/download/s3/{uuid}`` (bearer auth) answers a short-lived link, an
    S3 presigned URL; when that access method fails, ``stream`` is asked for instead;
 3. a plain, unauthenticated ``GET`` of the link writes ``staging/<path>.partial``,
-   resuming with ``Range`` from what an earlier HTTPS attempt left;
+   resuming with ``Range`` from what an earlier HTTPS attempt left, and with
+   ``If-Match`` on the ``ETag`` that attempt saw (kept in ``<path>.etag``), so that bytes
+   of two versions of a file are never joined: a changed file answers 412 and is
+   fetched again whole;
 4. once every byte the server announced has arrived, ``.partial`` is renamed to
    ``staging/<path>``, where the caller verifies, places and records it.
 
@@ -33,7 +36,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
-from typing import Any, Protocol
+from typing import Any, BinaryIO, Protocol
 from urllib.parse import urlsplit
 
 import requests
@@ -53,6 +56,8 @@ _SHOWN_FAILURES = 3
 _LOCAL_FULL = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS})
 _CONTENT_RANGE = re.compile(r"bytes\s+(\d+)-(\d+)/(\d+|\*)")
 _UNSATISFIED_RANGE = re.compile(r"bytes\s+\*/(\d+)")
+# A strong entity tag (RFC 9110 8.8.3): quoted, printable, not W/ (weak).
+_STRONG_ETAG = re.compile(r'"[\x21\x23-\x7e]{1,200}"')
 _XML_FIELD = re.compile(r"<(Code|Message)>([^<]*)</\1>")
 _MISSING = re.compile(r"NoSuchKey|The specified key does not exist", re.IGNORECASE)
 _REFUSED = re.compile(
@@ -293,6 +298,7 @@ class HttpsTransfer:
             try:
                 _set_mtime(partial, file.mtime)
                 os.replace(partial, final)
+                _validator_path(partial).unlink(missing_ok=True)
             except OSError as exc:
                 raise _local_error(file, final, exc) from None
             return
@@ -395,10 +401,13 @@ class HttpsTransfer:
         if offset > file.size:
             offset = 0
         if offset == 0:
-            _discard(file, partial)
+            _discard_partial(file, partial)
         headers = {"Accept-Encoding": "identity"}
+        etag = _read_validator(partial) if offset else None
         if offset:
             headers["Range"] = f"bytes={offset}-"
+        if etag:
+            headers["If-Match"] = etag
         self._check_stop(file, job.label, stop)
         shown = _show_url(link)
         log.debug("%s: GET %s%s", file.path, shown, f" from byte {offset}" if offset else "")
@@ -421,6 +430,17 @@ class HttpsTransfer:
             self._active.add(response)
         try:
             with response:
+                if response.status_code == 412 and etag:
+                    log.info(
+                        "%s: changed upstream since its partial download began (ETag %s); "
+                        "starting over",
+                        file.path,
+                        etag,
+                    )
+                    _discard_partial(file, partial)
+                    raise _Restart
+                if response.status_code in (200, 206):
+                    _keep_validator(file, partial, response.headers.get("ETag"))
                 self._receive(response, job, partial, offset, shown, link, emit, stop)
         finally:
             with self._lock:
@@ -445,7 +465,7 @@ class HttpsTransfer:
                 _progress(emit, job, file.size)
                 return  # the partial file was already whole
             log.info("%s: cannot resume from byte %d (HTTP 416); starting over", file.path, offset)
-            _discard(file, partial)
+            _discard_partial(file, partial)
             raise _Restart
         if status not in (200, 206):
             raise self._http_failure(response, file, shown)
@@ -459,7 +479,7 @@ class HttpsTransfer:
                     offset,
                     first,
                 )
-                _discard(file, partial)
+                _discard_partial(file, partial)
                 raise _Restart
         elif status == 206:
             raise _file_error(
@@ -500,7 +520,9 @@ class HttpsTransfer:
             flags |= os.O_TRUNC  # a whole body replaces whatever an earlier attempt left
         try:
             # O_NOFOLLOW: a symlink planted in staging must not redirect our writes.
-            fh = os.fdopen(os.open(partial, flags, 0o644), "ab")
+            # Unbuffered: a full disk must fail a write, where it is reported, never the
+            # flush on close.
+            fh = os.fdopen(os.open(partial, flags, 0o644), "ab", buffering=0)
         except OSError as exc:
             raise _local_error(file, partial, exc) from None
         with fh:
@@ -516,7 +538,7 @@ class HttpsTransfer:
                 self._check_stop(file, job.label, stop)
                 room = file.size - done
                 try:
-                    fh.write(chunk[:room] if len(chunk) > room else chunk)
+                    _write_all(fh, chunk[:room] if len(chunk) > room else chunk)
                 except OSError as exc:
                     raise _local_error(file, partial, exc) from None
                 if len(chunk) > room:
@@ -709,11 +731,55 @@ def _is_regular(path: Path) -> bool:
         return False
 
 
+def _write_all(fh: BinaryIO, data: bytes) -> None:
+    # An unbuffered write may take only part of the bytes (a disk filling up).
+    view = memoryview(data)
+    while view:
+        view = view[fh.write(view) :]
+
+
 def _discard(file: model.RemoteFile, partial: Path) -> None:
     try:
         partial.unlink(missing_ok=True)
     except OSError as exc:
         raise _local_error(file, partial, exc) from None
+
+
+def _discard_partial(file: model.RemoteFile, partial: Path) -> None:
+    """Forget a partial download and the ETag of the version it holds."""
+    _discard(file, partial)
+    _discard(file, _validator_path(partial))
+
+
+def _validator_path(partial: Path) -> Path:
+    return partial.with_name(partial.name.removesuffix(".partial") + ".etag")
+
+
+def _read_validator(partial: Path) -> str | None:
+    """The strong ETag of the version the partial download holds, if one was given."""
+    try:
+        text = _validator_path(partial).read_text(encoding="ascii").strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+    return text if _STRONG_ETAG.fullmatch(text) else None
+
+
+def _keep_validator(file: model.RemoteFile, partial: Path, etag: str | None) -> None:
+    """Remember the version being written, for a later resume's ``If-Match``.
+
+    Only a strong ETag identifies the bytes (a weak one, ``W/"..."``, may not); without
+    one, a resume goes unconditional, as before, and the size and MD5 checks remain.
+    """
+    target = _validator_path(partial)
+    try:
+        if etag is None or not _STRONG_ETAG.fullmatch(etag.strip()):
+            target.unlink(missing_ok=True)
+        elif _read_validator(partial) != etag.strip():
+            temporary = target.with_name(target.name + ".tmp")
+            temporary.write_text(etag.strip() + "\n", encoding="ascii")
+            os.replace(temporary, target)
+    except OSError as exc:
+        raise _local_error(file, target, exc) from None
 
 
 def _progress(emit: Callable[[model.ProgressEvent], None], job: _Job, done: int) -> None:

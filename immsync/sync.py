@@ -70,7 +70,7 @@ STAGING_DIRNAME = "staging"
 _DESTINATION_UNUSABLE = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS})
 # What ascp may leave of one file in staging: the file, its partial-file-suffix form,
 # and the resume sidecars of either.
-_STAGED_SUFFIXES = ("", ".partial", ".aspx", ".partial.aspx")
+_STAGED_SUFFIXES = ("", ".partial", ".aspx", ".partial.aspx", ".etag")
 
 
 class Reporter(Protocol):

@@ -256,6 +256,25 @@ def test_a_cut_download_resumes_without_resending_what_it_had(
     assert staged(staging, BIG).read_bytes() == (tree / BIG).read_bytes()
 
 
+def test_a_file_changed_since_its_partial_download_is_fetched_whole_again(
+    make: Any, tree: Path, staging: Path, emu: Emulator
+):
+    """Resumes send If-Match on the ETag seen: new bytes upstream answer 412, no mix."""
+    emu.inject_blob_fault("short", after_bytes=1024 * KIB)
+    transfer = make(methods=("s3",))
+    with pytest.raises(TransferError):
+        fetch(transfer, remote(tree, BIG), staging)
+    etag = staged(staging, BIG).with_name(staged(staging, BIG).name + ".etag")
+    assert etag.read_text().strip().startswith('"')
+    new = bytes(b ^ 0x5A for b in (tree / BIG).read_bytes())  # same size, same listing
+    write_file(tree, BIG, new, mtime=SAMPLE_MTIME + 0.5)
+    fetch(transfer, remote(tree, BIG), staging)
+    assert staged(staging, BIG).read_bytes() == new
+    assert [r.status for r in emu.blob_requests] == [200, 412, 200]
+    assert served(emu, BIG) == 1024 * KIB + BIG_SIZE
+    assert not etag.exists()  # done: nothing left to resume
+
+
 def test_a_reset_connection_is_transient_and_resumes(
     make: Any, tree: Path, staging: Path, emu: Emulator
 ):

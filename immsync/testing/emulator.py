@@ -14,11 +14,12 @@ Tests drive it over real sockets and bend it with ``inject`` (faults), ``latency
 ``token_reply_keys``, ``manifest_available``, ``md5_overrides``, ``listing_overrides``
 and ``expire_bearer_tokens``; ``requests_log`` records what clients sent (never a
 password). The DRS links behave like S3 presigned URLs: ``Range`` requests (206,
-``Content-Range``, 416), expiry after ``drs_link_lifetime`` seconds (403 with S3's XML
-``AccessDenied`` / ``Request has expired``), faults from ``inject_blob_fault`` (a
-connection dropped or a body cut short after N bytes, a stall, S3 XML errors, per
-access method), and ``bytes_served`` counts what each file's downloads really sent.
-Standard library only, so it also runs as a program:
+``Content-Range``, 416), an ``ETag`` (the content's MD5, quoted) and ``If-Match`` (412
+``PreconditionFailed`` once the file changed), expiry after ``drs_link_lifetime``
+seconds (403 with S3's XML ``AccessDenied`` / ``Request has expired``), faults from
+``inject_blob_fault`` (a connection dropped or a body cut short after N bytes, a stall,
+S3 XML errors, per access method), and ``bytes_served`` counts what each file's
+downloads really sent. Standard library only, so it also runs as a program:
 ``python -m immsync.testing.emulator --docroot DIR``.
 """
 
@@ -473,7 +474,9 @@ class Emulator:
             return self._auth_token(body, headers.get("Content-Type", ""))
         if path.startswith("/_blob/"):
             _require_method(method, "GET")
-            return self._blob(path[len("/_blob/") :], query, headers.get("Range"))
+            return self._blob(
+                path[len("/_blob/") :], query, headers.get("Range"), headers.get("If-Match")
+            )
         if path == "/data" or path.startswith("/data/"):
             self._check_bearer(headers.get("Authorization"))
             if path == "/data/list":
@@ -876,7 +879,13 @@ class Emulator:
         )
         return _Reply(200, _compact({"message": "Success", "url": url, "status": 200}))
 
-    def _blob(self, rest: str, query: dict[str, list[str]], range_header: str | None) -> _Reply:
+    def _blob(
+        self,
+        rest: str,
+        query: dict[str, list[str]],
+        range_header: str | None,
+        if_match: str | None = None,
+    ) -> _Reply:
         method, _, file_id = rest.partition("/")
         signed = rest
         if method not in _BLOB_METHODS or not file_id:
@@ -919,12 +928,23 @@ class Emulator:
             return answer(_s3_error(fault.status, fault.code, fault.message), relpath)
         st = target.stat()
         total = st.st_size
+        # S3's ETag of a single-part upload: the content's MD5, quoted.
+        etag = f'"{self._md5(target, st)}"'
         headers = {
             "Accept-Ranges": "bytes",
+            "ETag": etag,
             "Last-Modified": datetime.fromtimestamp(int(st.st_mtime), UTC).strftime(
                 "%a, %d %b %Y %H:%M:%S GMT"
             ),
         }
+        if if_match is not None and if_match.strip() not in ("*", etag):
+            reply = _s3_error(
+                412,
+                "PreconditionFailed",
+                "At least one of the pre-conditions you specified did not hold",
+            )
+            reply.headers = {**(reply.headers or {}), "ETag": etag}
+            return answer(reply, relpath)
         wanted = None if self.blob_ignore_range else _byte_range(range_header, total)
         if wanted == "unsatisfiable":
             headers["Content-Range"] = f"bytes */{total}"
