@@ -25,7 +25,7 @@ import threading
 import time
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Protocol
@@ -70,7 +70,10 @@ STAGING_DIRNAME = "staging"
 _DESTINATION_UNUSABLE = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS})
 # What ascp may leave of one file in staging: the file, its partial-file-suffix form,
 # and the resume sidecars of either.
-_STAGED_SUFFIXES = ("", ".partial", ".aspx", ".partial.aspx", ".etag")
+# Beside a staged file while a transport still works on it: ascp's partial file and
+# resume checkpoint (named after either form).
+_IN_TRANSIT_SUFFIXES = (".partial", ".aspx", ".partial.aspx")
+_STAGED_SUFFIXES = ("", *_IN_TRANSIT_SUFFIXES, ".etag")
 
 
 class Reporter(Protocol):
@@ -220,13 +223,7 @@ def with_checksums(
     for path, remote in view.selected.items():
         checksums = by_study.get(path.partition("/")[0])
         selected[path] = _with_checksum(remote, checksums, notes) if checksums else remote
-    return RemoteView(
-        selected=selected,
-        listed=view.listed,
-        failed_roots=view.failed_roots,
-        problems=view.problems,
-        notes=tuple(notes),
-    )
+    return replace(view, selected=selected, notes=tuple(notes))
 
 
 def drop_case_collisions(remote: RemoteView) -> RemoteView:
@@ -250,13 +247,7 @@ def drop_case_collisions(remote: RemoteView) -> RemoteView:
             f"{' and '.join(paths)} differ only in case and the destination's filesystem "
             "is case-insensitive; none of them was fetched"
         )
-    return RemoteView(
-        selected=selected,
-        listed=remote.listed,
-        failed_roots=remote.failed_roots,
-        problems=tuple(problems),
-        notes=remote.notes,
-    )
+    return replace(remote, selected=selected, problems=tuple(problems))
 
 
 def is_case_insensitive(folder: Path) -> bool:
@@ -1138,7 +1129,7 @@ class _EarlyHashes:
             st = staged.lstat()
             if not stat.S_ISREG(st.st_mode) or st.st_size != file.size:
                 return None
-            for suffix in (".partial", ".aspx"):
+            for suffix in _IN_TRANSIT_SUFFIXES:
                 if os.path.lexists(f"{staged}{suffix}"):
                     return None  # the transport is not done with it after all
             digests = file_digests(staged, md5=file.md5 is not None)
