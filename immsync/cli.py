@@ -75,6 +75,7 @@ from .shard import (
     share_of,
 )
 from .state import STATE_DIRNAME, StateStore, state_path
+from .statedir import private_folder
 from .sync import Applier, Survey, SyncOptions, survey, survey_remote
 from .transports import Choice, choose_transport
 
@@ -562,7 +563,7 @@ def _remove_stale_scratch(workdir: Path, *, max_age: float = 86400.0) -> None:
 
     Only old ones: a concurrent shard of this destination may be using a fresh one.
     """
-    if not workdir.is_dir():
+    if not private_folder(workdir, create=False):
         return
     cutoff = time.time() - max_age
     for entry in os.scandir(workdir):
@@ -1062,7 +1063,7 @@ class _LazyAscp:
                     user=self._env.aspera_user,
                     port=self._env.aspera_port,
                 )
-                self._workdir.mkdir(parents=True, exist_ok=True)
+                private_folder(self._workdir)
                 self._transfer = AscpTransfer(
                     settings,
                     token_source=self._client.download_token,

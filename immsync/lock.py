@@ -19,6 +19,7 @@ from pathlib import Path
 from types import TracebackType
 
 from .errors import LockedError, StateError
+from .statedir import open_private_file, private_folder
 
 
 class DestinationLock:
@@ -48,9 +49,11 @@ class DestinationLock:
         self._fd: int | None = None
 
     def acquire(self) -> None:
+        # Checked, never followed: a link planted at the lock's place would otherwise
+        # have this run truncate and write whatever file it points to.
+        private_folder(self.path.parent)
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            fd = open_private_file(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as exc:
             raise StateError(
                 f"cannot create the lock file {self.path}: {exc.strerror or exc}",

@@ -32,6 +32,7 @@ from .errors import LockedError, StateError, UsageError
 from .lock import DestinationLock, describe_holder
 from .model import RemoteFile, StateEntry
 from .state import STATE_DIRNAME, STATE_FILENAME, StateStore, state_path
+from .statedir import private_folder
 
 log = logging.getLogger(__name__)
 
@@ -143,12 +144,12 @@ def shard_workdir(destination: Path, shard: Shard) -> Path:
 def existing_shards(destination: Path) -> list[Shard]:
     """Every shard with a state file under *destination*, in order."""
     root = shards_root(destination)
-    if not root.is_dir():
+    if not private_folder(root, create=False):
         return []
     found = []
     for child in root.iterdir():
         match = _SHARD_DIR.fullmatch(child.name)
-        if match and (child / STATE_FILENAME).is_file():
+        if match and private_folder(child, create=False) and (child / STATE_FILENAME).is_file():
             found.append(Shard(int(match[1]), int(match[2])))
     return sorted(found, key=lambda s: (s.count, s.index))
 

@@ -22,11 +22,13 @@ from types import TracebackType
 
 from .errors import StateError
 from .model import StateEntry
+from .statedir import STATE_DIRNAME as STATE_DIRNAME
+from .statedir import check_file_or_absent, private_folder
 
 SCHEMA_VERSION = 1
 # "IMSY" as a big-endian int: lets us tell our database from any other SQLite file.
 APPLICATION_ID = 0x494D5359
-STATE_DIRNAME = ".immsync"
+_SQLITE_SIDECARS = ("-journal", "-wal", "-shm")
 STATE_FILENAME = "state.sqlite"
 
 _REBUILD_HINT = (
@@ -76,16 +78,14 @@ class StateStore:
         Raises:
             StateError: the file is not an immsync state, is corrupt, or is newer.
         """
-        if not path.exists():
-            if not create:
-                return cls._empty(path)
-            try:
-                path.parent.mkdir(parents=True, exist_ok=True)
-            except OSError as exc:
-                raise StateError(
-                    f"cannot create the state folder {path.parent}: {exc.strerror or exc}",
-                    hint="check that the destination is writable",
-                ) from exc
+        # SQLite opens its files by name and follows links: check them first, so that a
+        # link planted in the state folder cannot have it write somewhere else.
+        if not private_folder(path.parent, create=create):
+            return cls._empty(path)
+        for name in (path, *(path.with_name(path.name + s) for s in _SQLITE_SIDECARS)):
+            check_file_or_absent(name)
+        if not path.exists() and not create:
+            return cls._empty(path)
         try:
             # check_same_thread=False: transfer threads record through the store, which
             # serialises them with its own lock.

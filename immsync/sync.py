@@ -63,6 +63,7 @@ from .paths import resolve_inside, unsafe_reason
 from .plan import make_plan, needs_hash
 from .retry import RetryPolicy, delays
 from .state import STATE_DIRNAME, StateStore
+from .statedir import prepare_parents, private_folder, remove_files_below
 
 log = logging.getLogger(__name__)
 
@@ -666,7 +667,9 @@ class Applier:
         self._stop = self.cancel
         self._fatal: ImmsyncError | None = None
         self.staging = staging or self.destination / STATE_DIRNAME / STAGING_DIRNAME
-        self._staging_had_files = self.staging.is_dir() and any(self.staging.iterdir())
+        self._staging_had_files = private_folder(self.staging, create=False) and any(
+            self.staging.iterdir()
+        )
 
     def run(self, found: Survey) -> Report:
         started = self._clock()
@@ -801,6 +804,8 @@ class Applier:
         hasher: ThreadPoolExecutor,
     ) -> None:
         pending = {item.path: item for item in items}
+        # Transfers write only into folders checked to be ours, never through a link.
+        prepare_parents(self.staging, pending)
         self._discard_stale_staging([item.remote for item in items if item.remote is not None])
         backoff = delays(self.options.retry, self._rng)
         checksum_retries: set[str] = set()
@@ -1065,17 +1070,9 @@ class Applier:
         if self.cancel.is_set():
             return  # an interrupted run keeps everything for the next one to resume
         self.store.release_staging(keep)
-        if not self.staging.is_dir():
-            return
-        for dirpath, _dirnames, filenames in os.walk(self.staging, topdown=False):
-            here = Path(dirpath)
-            for name in filenames:
-                relative = (here / name).relative_to(self.staging).as_posix()
-                if not any(relative.startswith(k) for k in keep):
-                    (here / name).unlink(missing_ok=True)
-            if here != self.staging:
-                with contextlib.suppress(OSError):  # not empty: it holds a kept partial
-                    here.rmdir()
+        remove_files_below(
+            self.staging, keep=lambda relative: any(relative.startswith(k) for k in keep)
+        )
 
 
 @dataclass(frozen=True, slots=True)
