@@ -43,13 +43,14 @@ import requests
 import urllib3
 
 from . import errors, model
-from .net import transport_reason
+from .net import NO_DOWNGRADE, RedirectRefused, redirect_guard, transport_reason
 
 log = logging.getLogger(__name__)
 
 CHUNK_SIZE = 1 << 20
 """Bytes read from the network and written to disk at a time."""
 METHODS = ("s3", "stream")
+_LINK_GUARD = redirect_guard(NO_DOWNGRADE)
 """DRS access methods, in the order they are tried."""
 _ERROR_BODY_LIMIT = 64 * 1024
 _SHOWN_FAILURES = 3
@@ -418,10 +419,15 @@ class HttpsTransfer:
                 stream=True,
                 timeout=self._timeout,
                 allow_redirects=True,
+                hooks={"response": [_LINK_GUARD]},
                 # An explicit auth keeps requests from adding ~/.netrc credentials: the
                 # link carries its own authorisation, and S3 refuses a second one.
                 auth=_no_auth,
             )
+        except RedirectRefused as exc:
+            raise _file_error(
+                file, "permanent", f"refused the download link's redirect: {exc}", exc.why
+            ) from None
         except requests.RequestException as exc:
             if self._cancel.is_set() or stop.is_set():
                 raise _stopped((file,), job.label) from None

@@ -27,7 +27,7 @@ import requests
 
 from .errors import ApiError, AuthError, RemoteNotFound, UnsafePath, UsageError
 from .model import RemoteFile, StudyFile
-from .net import transport_reason
+from .net import NO_REDIRECTS, SAME_ORIGIN, RedirectRefused, redirect_guard, transport_reason
 from .retry import RetryPolicy, call_with_retries
 
 T = TypeVar("T")
@@ -43,6 +43,8 @@ CREDENTIALS_HINT = (
     "set IMMPORT_USERNAME and IMMPORT_PASSWORD to your ImmPort account "
     "(or IMMPORT_TOKEN to a bearer token)"
 )
+_SIGN_IN_GUARD = redirect_guard(NO_REDIRECTS)
+_API_GUARD = redirect_guard(SAME_ORIGIN)
 _MD5 = re.compile(r"[0-9a-fA-F]{32}")
 _ACCESSION = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 
@@ -714,10 +716,18 @@ class ImmportClient:
                 auth=_headers_as_given,
                 timeout=self._timeout,
                 stream=True,
+                hooks={"response": [_SIGN_IN_GUARD if kind == "auth" else _API_GUARD]},
             ) as response:
                 body = self._read_capped(response, endpoint)
                 log.debug("%s -> HTTP %d (%d bytes)", endpoint, response.status_code, len(body))
                 return response.status_code, response.headers, body
+        except RedirectRefused as exc:
+            setting = "IMMPORT_TOKEN_URL" if kind == "auth" else "the API URL"
+            raise ApiError(
+                f"{endpoint}: {exc.source} redirected to {exc.target}, which immsync refused: "
+                f"{exc.why}",
+                hint=f"if {exc.target} is ImmPort's real address, set {setting} to it",
+            ) from None
         except requests.exceptions.SSLError as exc:
             raise ApiError(
                 f"TLS failed for {endpoint}: {self._redact(_first_line(exc))}",

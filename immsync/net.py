@@ -6,6 +6,9 @@ A leaf module: it imports nothing from immsync.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import SplitResult, urljoin, urlsplit
 
 
 def transport_reason(exc: BaseException) -> str:
@@ -22,3 +25,72 @@ def transport_reason(exc: BaseException) -> str:
     # urllib3 prefixes messages with the repr of its connection object.
     text = re.sub(r"<[^>]*>:\s*", "", str(inner)).strip()
     return (text or type(inner).__name__).splitlines()[0][:200]
+
+
+class RedirectRefused(Exception):
+    """A redirect that would carry a request (and its credentials) somewhere it must not go."""
+
+    def __init__(self, source: str, target: str, why: str) -> None:
+        super().__init__(f"{source} redirected to {target}: {why}")
+        self.source = source
+        self.target = target
+        self.why = why
+
+
+NO_REDIRECTS = "none"
+"""Sign-in: a password must reach only the URL it was configured for."""
+SAME_ORIGIN = "same-origin"
+"""API calls: the bearer key may follow a redirect only within the same scheme, host and port."""
+NO_DOWNGRADE = "no-downgrade"
+"""Download links (S3 redirects): anywhere, but never from https to http."""
+
+
+def redirect_guard(rule: str) -> Callable[..., Any]:
+    """A ``requests`` response hook enforcing *rule* on every hop of a redirect chain.
+
+    ``requests`` calls response hooks on each response before it follows the next
+    hop, so raising here stops the request (and its body and headers) from ever
+    being re-sent to the refused target.
+    """
+    if rule not in (NO_REDIRECTS, SAME_ORIGIN, NO_DOWNGRADE):
+        raise ValueError(f"unknown redirect rule {rule!r}")
+
+    def check(response: Any, *args: Any, **kwargs: Any) -> Any:
+        if not response.is_redirect:
+            return response
+        source = response.url
+        target = urljoin(source, response.headers.get("Location", ""))
+        why = _refusal(rule, urlsplit(source), urlsplit(target))
+        if why is not None:
+            response.close()
+            raise RedirectRefused(_origin_and_path(source), _origin_and_path(target), why)
+        return response
+
+    return check
+
+
+def _refusal(rule: str, source: SplitResult, target: SplitResult) -> str | None:
+    if rule == NO_REDIRECTS:
+        return "immsync never follows a redirect with a password"
+    if rule == SAME_ORIGIN and (
+        source.scheme != target.scheme
+        or (source.hostname or "").lower() != (target.hostname or "").lower()
+        or _port(source) != _port(target)
+    ):
+        return "immsync sends credentials only to the host they were configured for"
+    if source.scheme == "https" and target.scheme != "https":
+        return "immsync never moves from https to an unencrypted link"
+    return None
+
+
+def _port(parts: SplitResult) -> int | None:
+    try:
+        return parts.port or {"http": 80, "https": 443}.get(parts.scheme)
+    except ValueError:
+        return None
+
+
+def _origin_and_path(url: str) -> str:
+    """A URL without its query string: a presigned link's query is its signature."""
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}{parts.path}"
