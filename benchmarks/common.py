@@ -246,7 +246,9 @@ class World:
 
     def __enter__(self) -> World:
         self.docroot.mkdir(parents=True, exist_ok=True)
-        self.emulator = Emulator(self.docroot, username=USERNAME, password=PASSWORD).start()
+        self.emulator = Emulator(
+            self.docroot, world="legacy", username=USERNAME, password=PASSWORD
+        ).start()
         self.emulator.latency = self.latency
         config = self.emulator.write_aspera_config(
             self.root / "aspera-config.json",

@@ -68,7 +68,7 @@ def emulator_process(docroot: Path) -> Iterator[dict[str, str]]:
     """``python -m immsync.testing.emulator`` serving *docroot*; yields its URLs."""
     env = {**os.environ, "IMMPORT_USERNAME": USERNAME, "IMMPORT_PASSWORD": PASSWORD}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "immsync.testing.emulator", "--docroot", str(docroot)],
+        [sys.executable, "-m", "immsync.testing.emulator", "--legacy", "--docroot", str(docroot)],
         stdout=subprocess.PIPE,
         env=env,
         text=True,

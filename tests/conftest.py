@@ -109,7 +109,7 @@ def _world(tmp_path: Path) -> Any:
     build_sample_tree(remote)
     root = tmp_path / "project"
     root.mkdir()
-    with Emulator(remote, username="alice", password=PASSWORD) as emulator:
+    with Emulator(remote, world="legacy", username="alice", password=PASSWORD) as emulator:
         config = emulator.write_aspera_config(
             tmp_path / "aspera.json", session_log=str(root / "sessions.jsonl")
         )

@@ -31,7 +31,7 @@ SPRING_KEYS = ["timestamp", "status", "error", "message", "path"]
 
 @pytest.fixture(name="emu")
 def _emu(tree: Path) -> Iterator[Emulator]:
-    with Emulator(tree, username="alice", password=PASSWORD) as emulator:
+    with Emulator(tree, world="legacy", username="alice", password=PASSWORD) as emulator:
         yield emulator
 
 
@@ -460,7 +460,7 @@ def test_write_aspera_config(emu, tmp_path, tree):
 
 def test_each_emulator_has_its_own_secret_and_port(tree):
     """Two emulators differ in Aspera secret and port."""
-    with Emulator(tree) as one, Emulator(tree) as two:
+    with Emulator(tree, world="legacy") as one, Emulator(tree, world="legacy") as two:
         assert one.aspera_secret != two.aspera_secret
         assert one.base_url != two.base_url
         assert one.token_url == one.base_url + "/auth/token"
@@ -470,7 +470,7 @@ def test_each_emulator_has_its_own_secret_and_port(tree):
 
 def test_stop_closes_kept_alive_connections(http, tree):
     """After stop, even a pooled keep-alive connection gets no reply."""
-    emu = Emulator(tree, username="alice", password=PASSWORD).start()
+    emu = Emulator(tree, world="legacy", username="alice", password=PASSWORD).start()
     sign_in(http, emu)
     emu.stop()
     with pytest.raises(requests.ConnectionError):
@@ -503,6 +503,7 @@ def test_cli_serves_until_sigterm(tree, http):
             str(tree),
             "--username",
             "bob",
+            "--legacy",
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

@@ -40,7 +40,7 @@ def _tree(tmp_path: Path) -> Path:
 
 @pytest.fixture(name="emu")
 def _emu(tree: Path) -> Iterator[Emulator]:
-    with Emulator(tree, username="alice", password=PASSWORD) as emulator:
+    with Emulator(tree, world="legacy", username="alice", password=PASSWORD) as emulator:
         yield emulator
 
 

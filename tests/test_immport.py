@@ -37,7 +37,7 @@ class FakeSleep:
 
 @pytest.fixture(name="emu")
 def _emu(tree: Path) -> Iterator[Emulator]:
-    with Emulator(tree, username="alice", password=PASSWORD) as emulator:
+    with Emulator(tree, world="legacy", username="alice", password=PASSWORD) as emulator:
         yield emulator
 
 

@@ -29,7 +29,9 @@ def run_demo(workdir: Path, manifest_template: Path) -> int:
     build_sample_tree(remote_root)
     manifest = workdir / "manifest.yaml"
     shutil.copyfile(manifest_template, manifest)
-    with Emulator(remote_root, username=DEMO_USER, password=DEMO_PASSWORD) as emulator:
+    with Emulator(
+        remote_root, world="legacy", username=DEMO_USER, password=DEMO_PASSWORD
+    ) as emulator:
         config = emulator.write_aspera_config(
             workdir / "aspera-config.json", session_log=str(workdir / "ascp-sessions.jsonl")
         )

@@ -1,32 +1,53 @@
 """An ImmPort API emulator: a real HTTP server on 127.0.0.1 serving a local folder.
 
-It speaks the endpoints immsync uses, with the reply shapes the reference documents
-(``/work/shared/reference/immport-and-ascp.md`` §1): ``POST /auth/token`` (Jackson
-pretty-printed), ``POST /data/list``, ``POST /data/download/token`` (Aspera tokens the
-stand-in ``ascp`` accepts), ``GET /data/query/api/study/manifest/{SDY}``,
-``GET /data/query/api/study/summary/{SDY}`` (``study_releases``), and the
-DRS ``GET /data/query/drs/download/{s3|stream}/{fileUUID}`` with the presigned URL it
-hands out. Where the real service is not known precisely it accepts every plausible
-client variant (``bearer``/``Bearer``, paths with or without slashes, ``paths`` as a
-string or a list).
+It models two worlds, chosen by ``Emulator(docroot, world=...)``:
 
-Tests drive it over real sockets and bend it with ``inject`` (faults), ``latency``,
-``token_reply_keys``, ``manifest_available``, ``md5_overrides``, ``listing_overrides``
-and ``expire_bearer_tokens``; ``requests_log`` records what clients sent (never a
-password). The DRS links behave like S3 presigned URLs: ``Range`` requests (206,
-``Content-Range``, 416), an ``ETag`` (the content's MD5, quoted) and ``If-Match`` (412
-``PreconditionFailed`` once the file changed), expiry after ``drs_link_lifetime``
-seconds (403 with S3's XML ``AccessDenied`` / ``Request has expired``), faults from
-``inject_blob_fault`` (a connection dropped or a body cut short after N bytes, a stall,
-S3 XML errors, per access method), and ``bytes_served`` counts what each file's
-downloads really sent. Standard library only, so it also runs as a program:
-``python -m immsync.testing.emulator --docroot DIR``.
+``"today"`` (the default) is ImmPort as of late 2026: requests carry an API key as
+``Authorization: Bearer <api_key>`` (``add_api_key``, ``revoke_api_key``,
+``expire_api_key``, ``write_api_key_file``; keys expire and carry the scopes
+``browse``/``download``); ``POST /auth/token`` refuses passwords (unless
+``allow_password_sign_in``); ``/data/list`` and ``/data/download/token`` answer 404;
+the study file manifest ``GET /data/query/api/study/manifest/{SDY}`` is the catalog, in
+the real row shapes (``drsObjectCreated`` ``"Y"``, date-only ``dateFileUpdated``, types
+``study_file``/``protocol_file``/``result_file``/``release_file``/``archive_file`` by
+folder); files download through ImmPort's DRS shortcut
+``GET /data/query/drs/download/{s3|stream}/{fileUUID}`` or the GA4GH DRS API
+(``/ga4gh/drs/v1/service-info``, ``/objects/{id}``, ``/objects/{id}/access/{access_id}``),
+whose presigned links last 7 days.
+
+``"legacy"`` is the Aspera-era service: ``POST /auth/token`` (Jackson pretty-printed),
+``POST /data/list``, ``POST /data/download/token`` (Aspera tokens the stand-in ``ascp``
+accepts), the study manifest in its older row shapes, the study summary
+``GET /data/query/api/study/summary/{SDY}`` (served in both worlds) and the DRS shortcut,
+with 5-minute links.
+
+Where the real service is not known precisely, both worlds accept every plausible client
+variant (``bearer``/``Bearer``, paths with or without slashes, ``paths`` as a string or
+a list).
+
+Tests drive it over real sockets and bend it with plain attributes: in both worlds
+``inject`` (faults), ``latency``, ``manifest_available``, ``md5_overrides``,
+``study_releases``, ``drs_link_lifetime``; in the legacy world ``token_reply_keys``,
+``listing_overrides`` and ``expire_bearer_tokens``; in today's world
+``allow_password_sign_in``, ``manifest_wrap_content``, ``manifest_bool_drs``,
+``manifest_datetime_dates``, ``manifest_null_md5``, ``manifest_no_drs``,
+``manifest_extra_fields``, ``drs_inline_access_url``, ``drs_md5_overrides`` and
+``drs_size_overrides``. ``requests_log`` records what clients sent (never a password or
+key; ``count`` totals it by route). The DRS links behave like S3 presigned URLs:
+``Range`` requests (206, ``Content-Range``, 416), an ``ETag`` (the content's MD5,
+quoted) and ``If-Match`` (412 ``PreconditionFailed`` once the file changed), expiry after
+``drs_link_lifetime`` seconds (403 with S3's XML ``AccessDenied`` / ``Request has
+expired``), faults from ``inject_blob_fault`` (a connection dropped or a body cut short
+after N bytes, a stall, S3 XML errors, per access method), and ``bytes_served`` counts
+what each file's downloads really sent. Standard library only, so it also runs as a
+program: ``python -m immsync.testing.emulator --docroot DIR [--legacy]``.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import hashlib
 import hmac
 import json
@@ -34,24 +55,26 @@ import logging
 import os
 import re
 import secrets
+import shlex
 import signal
 import socket
 import stat
 import struct
 import sys
+import tempfile
 import threading
 import time
 import uuid
 import zlib
 from collections.abc import Iterator
-from dataclasses import dataclass
-from datetime import UTC, datetime
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import FrameType, TracebackType
-from typing import Any, ClassVar
-from urllib.parse import parse_qs, quote, urlsplit
+from typing import Any, ClassVar, Literal, get_args
+from urllib.parse import parse_qs, quote, unquote, urlsplit
 from xml.sax.saxutils import escape as xml_escape
 
 from immsync.testing import aspera_tokens
@@ -62,9 +85,49 @@ log = logging.getLogger(__name__)
 _MAX_REQUEST_BODY = 1 << 20
 _UUID_NAMESPACE = uuid.UUID("6f1f3c52-8a0e-4c4e-9d57-2f0b3c1d2e4f")
 _FILE_TYPES = ("study_file", "result_file", "protocol_file", "archive_file")
+TODAY_FILE_TYPES = ("study_file", "protocol_file", "result_file", "release_file", "archive_file")
+"""The ``fileType`` values of today's study file manifest."""
+_TODAY_TYPE_BY_FOLDER = {
+    "studyfiles": "study_file",
+    "protocols": "protocol_file",
+    "resultfiles": "result_file",
+    "archive": "archive_file",
+}
+World = Literal["today", "legacy"]
+API_KEY_SCOPES = ("browse", "download", "upload")
+API_KEY_PAGE = "https://www.immport.org/auth/api/keys"
+"""Where ImmPort users create API keys; error messages point there."""
+DEFAULT_API_KEY_LIFETIME = timedelta(days=90)
+TODAY_LINK_LIFETIME = 7 * 86400.0
+"""ImmPort documents its presigned download links as valid for seven days."""
+LEGACY_LINK_LIFETIME = 300.0
+_DRS_PREFIX = "/ga4gh/drs/v1"
+_DRS_ACCESS_METHODS = (("s3", "s3"), ("https", "stream"))
+"""``(type, access_id)`` of each DRS access method; the access id names the blob method."""
+_SECRET_FIELDS = frozenset({"password", "api_key", "apiKey", "token", "access_token"})
 _BLOB_METHODS = ("s3", "stream")
 _BLOB_FAULT_KINDS = ("drop", "short", "stall", "error")
 _RANGE = re.compile(r"bytes=(\d*)-(\d*)")
+
+
+@dataclass(frozen=True, slots=True)
+class ApiKey:
+    """An ImmPort API key as the emulator issued it (its value never shows in ``repr``)."""
+
+    id: str
+    """A UUID string, the key file's ``id``."""
+    api_key: str = field(repr=False)
+    """The opaque value sent as ``Authorization: Bearer <api_key>``."""
+    expires_at: datetime
+    """When the key stops working (aware, UTC)."""
+    scopes: tuple[str, ...]
+    """Any of ``browse`` (metadata), ``download`` (data files), ``upload``."""
+
+
+def key_file_expiry(moment: datetime) -> str:
+    """*moment* as ImmPort's key file writes ``expires_at``: nanosecond digits and ``Z``."""
+    moment = moment.astimezone(UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond:06d}000Z"
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,16 +261,17 @@ class Emulator:
     """ImmPort's auth and data API over real HTTP, serving the files under *docroot*.
 
     Use as a context manager (``with Emulator(root) as emu:``) or call ``start`` and
-    ``stop``. Attributes tests may change at any time: ``token_reply_keys``,
-    ``manifest_available``, ``md5_overrides`` (path -> md5 reported instead),
-    ``listing_overrides`` (normalised path such as ``/SDY1`` -> raw ``items`` to
-    reply with), ``latency`` (seconds added to every reply).
+    ``stop``. *world* is ``"today"`` (API keys, the manifest as catalog, DRS; the
+    default) or ``"legacy"`` (passwords, ``/data/list``, Aspera tokens). Attributes tests
+    may change at any time are listed in the module docstring; each is documented where
+    it is set below.
     """
 
     def __init__(
         self,
         docroot: Path,
         *,
+        world: World = "today",
         username: str = "demo",
         password: str = "demo-password",  # noqa: S107 - the emulator's documented demo account
         host: str = "127.0.0.1",
@@ -215,7 +279,10 @@ class Emulator:
         aspera_token_lifetime: float = 86400.0,
         bearer_lifetime: float = 3600.0,
     ) -> None:
+        if world not in get_args(World):
+            raise ValueError(f"unknown world {world!r}; expected one of {get_args(World)}")
         self.docroot = Path(docroot)
+        self.world: World = world
         self.username = username
         self._password = password
         self.host = host
@@ -223,16 +290,40 @@ class Emulator:
         self.aspera_token_lifetime = aspera_token_lifetime
         self.bearer_lifetime = bearer_lifetime
         self.aspera_secret = secrets.token_hex(32)
-        self.token_reply_keys: tuple[str, ...] = ("token", "access_token")
+        today = world == "today"
+        self.token_reply_keys: tuple[str, ...] = (
+            ("access_token",) if today else ("token", "access_token")
+        )
+        """Keys of a sign-in reply that carry the token (today's pages show ``access_token``)."""
+        self.allow_password_sign_in = False
+        """Today's world only: answer ``POST /auth/token`` as the legacy service did."""
         self.manifest_available = True
         self.md5_overrides: dict[str, str] = {}
         self.listing_overrides: dict[str, list[dict[str, Any]]] = {}
         self.study_releases: dict[str, str | None] = {}
         """Accession -> the study summary's ``latestDataReleaseVersion``; by default the
         highest ``<SDY>-DR<n>`` archive at the study root names it (none: null)."""
+        self.manifest_wrap_content = False
+        """Today's world: reply ``{"content": [...]}`` (a paged Spring shape) instead of a list."""
+        self.manifest_bool_drs = False
+        """Today's world: ``drsObjectCreated`` as ``true``/``false`` instead of ``"Y"``/``"N"``."""
+        self.manifest_datetime_dates = False
+        """Today's world: ``dateFileUpdated`` as ``2018-02-01T10:11:12Z`` instead of a date."""
+        self.manifest_null_md5: set[str] = set()
+        """Today's world: docroot-relative paths whose ``generatedMD5`` is null."""
+        self.manifest_no_drs: set[str] = set()
+        """Today's world: paths with ``drsObjectCreated`` ``"N"``; their DRS routes answer 404."""
+        self.manifest_extra_fields: dict[str, Any] = {}
+        """Today's world: fields added to every manifest row (unknown to clients)."""
+        self.drs_inline_access_url = False
+        """Today's world: DRS objects carry ``access_url`` links instead of ``access_id``."""
+        self.drs_md5_overrides: dict[str, str] = {}
+        """Today's world: path -> the md5 a DRS object reports instead of the real one."""
+        self.drs_size_overrides: dict[str, int] = {}
+        """Today's world: path -> the size a DRS object reports instead of the real one."""
         self.latency = 0.0
         self.requests_log: list[RecordedRequest] = []
-        self.drs_link_lifetime = 300.0
+        self.drs_link_lifetime = TODAY_LINK_LIFETIME if today else LEGACY_LINK_LIFETIME
         """Seconds a DRS link stays valid after it is handed out."""
         self.blob_ignore_range = False
         """Answer every link GET with the whole file (200), as a server without Range does."""
@@ -244,10 +335,13 @@ class Emulator:
         self._expired_links = 0
         self._lock = threading.Lock()
         self._bearer: dict[str, float] = {}
+        self._api_keys: dict[str, ApiKey] = {}
+        self._revoked_keys: set[str] = set()
         self._issued: list[str] = []
         self._faults: list[_Fault] = []
         self._md5_cache: dict[tuple[str, int, int], str] = {}
         self._details_cache: dict[tuple[Any, ...], tuple[dict[str, Any], bytes]] = {}
+        self._uuid_index: dict[str, str] = {}
         self._connections: set[socket.socket] = set()
         self._bound_port: int | None = None
         self._server: ThreadingHTTPServer | None = None
@@ -330,6 +424,98 @@ class Emulator:
     @property
     def query_url(self) -> str:
         return self.base_url + "/data/query"
+
+    @property
+    def drs_url(self) -> str:
+        """The GA4GH DRS base (``{drs_url}/ga4gh/drs/v1/objects/{id}``): this server."""
+        return self.base_url
+
+    def drs_uri(self, object_id: str) -> str:
+        """The ``drs://host:port/<id>`` URI of a DRS object, as its ``self_uri`` gives it."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"drs://{host}:{self.port}/{object_id}"
+
+    # -- API keys (today's world) ----------------------------------------------------
+
+    def add_api_key(
+        self,
+        *,
+        expires_at: datetime | None = None,
+        scopes: tuple[str, ...] | list[str] = ("browse", "download"),
+        value: str | None = None,
+    ) -> ApiKey:
+        """Issue an API key, as a user creating one on ImmPort's web page.
+
+        Keys work in both worlds (a legacy server that already took keys); sessions
+        from ``/auth/token`` keep working alongside them.
+
+        Args:
+            expires_at: an aware datetime; 90 days from now when None.
+            scopes: any of ``browse``, ``download``, ``upload``.
+            value: the key's value; a fresh random string when None.
+        """
+        unknown = [s for s in scopes if s not in API_KEY_SCOPES]
+        if unknown:
+            raise ValueError(f"unknown API key scopes {unknown}; expected {API_KEY_SCOPES}")
+        if expires_at is None:
+            expires_at = datetime.now(UTC) + DEFAULT_API_KEY_LIFETIME
+        elif expires_at.tzinfo is None:
+            raise ValueError("expires_at must be an aware datetime (e.g. datetime.now(UTC))")
+        key = ApiKey(
+            id=str(uuid.uuid4()),
+            api_key=value if value is not None else secrets.token_urlsafe(40),
+            expires_at=expires_at.astimezone(UTC),
+            scopes=tuple(scopes),
+        )
+        with self._lock:
+            self._api_keys[key.api_key] = key
+            self._revoked_keys.discard(key.api_key)
+            self._issued.append(key.api_key)
+        return key
+
+    def revoke_api_key(self, key: ApiKey | str) -> None:
+        """Revoke a key (an ``ApiKey``, its value or its id): it answers 401 from now on."""
+        with self._lock:
+            self._revoked_keys.add(self._key_value(key))
+
+    def expire_api_key(self, key: ApiKey | str) -> ApiKey:
+        """Make a key expire now (as if its date had passed mid-run); returns it updated."""
+        with self._lock:
+            value = self._key_value(key)
+            expired = dataclasses.replace(self._api_keys[value], expires_at=datetime.now(UTC))
+            self._api_keys[value] = expired
+        return expired
+
+    def api_keys(self) -> list[ApiKey]:
+        """Every key issued so far, revoked or not."""
+        with self._lock:
+            return list(self._api_keys.values())
+
+    def write_api_key_file(self, path: Path, key: ApiKey) -> Path:
+        """Save *key* as the JSON file ImmPort's web page hands out, readable by its owner only.
+
+        ``{"id": ..., "api_key": ..., "expires_at": "2026-05-21T20:55:24.654328000Z"}``.
+        """
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        doc = {"id": key.id, "api_key": key.api_key, "expires_at": key_file_expiry(key.expires_at)}
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            # A file that existed before keeps its mode through O_CREAT; the key must not.
+            os.fchmod(fh.fileno(), 0o600)
+            json.dump(doc, fh, indent=2)
+            fh.write("\n")
+        return path
+
+    def _key_value(self, key: ApiKey | str) -> str:
+        if isinstance(key, ApiKey):
+            return key.api_key
+        if key in self._api_keys:
+            return key
+        for value, known in self._api_keys.items():
+            if known.id == key:
+                return value
+        raise KeyError("no such API key")
 
     # -- test controls ---------------------------------------------------------------
 
@@ -434,8 +620,10 @@ class Emulator:
     # -- request handling (called from handler threads) ------------------------------
 
     def _record(self, method: str, path: str, json_body: Any | None) -> None:
+        # Sign-in bodies hold passwords; anything else named like a secret is masked.
+        kept = None if path == "/auth/token" else _scrub(json_body)
         with self._lock:
-            self.requests_log.append(RecordedRequest(method, path, json_body))
+            self.requests_log.append(RecordedRequest(method, path, kept))
 
     def _take_fault(self, path: str) -> _Fault | None:
         with self._lock:
@@ -477,10 +665,17 @@ class Emulator:
             return self._blob(
                 path[len("/_blob/") :], query, headers.get("Range"), headers.get("If-Match")
             )
+        today = self.world == "today"
+        if today and (path == _DRS_PREFIX or path.startswith(_DRS_PREFIX + "/")):
+            return self._ga4gh(method, path[len(_DRS_PREFIX) :], headers.get("Authorization"))
+        if today and path.rstrip("/") in ("/data/list", "/data/download/token"):
+            # Retired with Aspera: today's service no longer maps these routes.
+            raise _HttpError(404, f"No static resource {path.strip('/')}.")
         if path == "/data" or path.startswith("/data/"):
-            self._check_bearer(headers.get("Authorization"))
+            scopes = self._authenticate(headers.get("Authorization"))
             if path == "/data/list":
                 _require_method(method, "POST", "GET")
+                _require_scope(scopes, "browse", "list folders")
                 return self._list(
                     _json_object(body)
                     if method == "POST"
@@ -488,22 +683,33 @@ class Emulator:
                 )
             if path == "/data/download/token":
                 _require_method(method, "POST")
+                _require_scope(scopes, "download", "download files")
                 return self._download_token(_json_object(body))
             prefix = "/data/query/api/study/manifest/"
             if path.startswith(prefix):
                 _require_method(method, "GET")
+                _require_scope(scopes, "browse", "read a study's file manifest")
                 return self._manifest(path[len(prefix) :], query)
             prefix = "/data/query/api/study/summary/"
             if path.startswith(prefix):
                 _require_method(method, "GET")
+                _require_scope(scopes, "browse", "read a study's summary")
                 return self._study_summary(path[len(prefix) :])
             prefix = "/data/query/drs/download/"
             if path.startswith(prefix):
                 _require_method(method, "GET")
+                _require_scope(scopes, "download", "download files")
                 return self._drs(path[len(prefix) :])
         raise _HttpError(404, "No message available")
 
     def _auth_token(self, body: bytes, content_type: str) -> _Reply:
+        if self.world == "today" and not self.allow_password_sign_in:
+            raise _HttpError(
+                400,
+                "The legacy username/password token exchange is no longer supported: "
+                f"create an API key at {API_KEY_PAGE} and send it on every request as "
+                "'Authorization: Bearer <api_key>'",
+            )
         fields: dict[str, Any]
         if "json" in content_type.lower():
             fields = _json_object(body)
@@ -536,30 +742,52 @@ class Emulator:
             doc[key] = token
         return _Reply(200, jackson(doc))
 
-    def _check_bearer(self, header: str | None) -> None:
+    def _authenticate(self, header: str | None) -> frozenset[str]:
+        """The scopes of the key or session token in *header*; 401 when there is none.
+
+        A session token from ``/auth/token`` may do everything, as it did before keys.
+        Today's world answers in Spring's error shape, the legacy one in OAuth's.
+        """
+        today = self.world == "today"
+
         def refuse(description: str) -> _HttpError:
+            challenge = f'Bearer error="invalid_token", error_description="{description}"'
             return _HttpError(
                 401,
                 description,
-                body=_oauth_error("invalid_token", description, 401),
-                headers={
-                    "WWW-Authenticate": f'Bearer error="invalid_token", '
-                    f'error_description="{description}"'
-                },
+                body=None if today else _oauth_error("invalid_token", description, 401),
+                headers={"WWW-Authenticate": challenge},
             )
 
-        if not header:
-            raise refuse("Full authentication is required to access this resource")
-        scheme, _, token = header.strip().partition(" ")
+        scheme, _, token = (header or "").strip().partition(" ")
         token = token.strip()
         if scheme.lower() != "bearer" or not token:
+            if today:
+                raise refuse(
+                    "Full authentication is required to access this resource: "
+                    "send your ImmPort API key as 'Authorization: Bearer <api_key>'"
+                )
             raise refuse("Full authentication is required to access this resource")
         with self._lock:
+            key = self._api_keys.get(token)
+            revoked = token in self._revoked_keys
             expiry = self._bearer.get(token)
+        if key is not None:
+            if revoked:
+                raise refuse(
+                    f"API key {key.id} has been revoked; create a new one at {API_KEY_PAGE}"
+                )
+            if key.expires_at <= datetime.now(UTC):
+                stamp = key.expires_at.strftime("%Y-%m-%dT%H:%M:%SZ")
+                raise refuse(
+                    f"API key {key.id} expired at {stamp}; create a new one at {API_KEY_PAGE}"
+                )
+            return frozenset(key.scopes)
         if expiry is None:
-            raise refuse("Invalid access token")
+            raise refuse("Invalid API key" if today else "Invalid access token")
         if expiry <= time.time():
             raise refuse("Access token expired")
+        return frozenset(API_KEY_SCOPES)
 
     def _resolve(self, norm: str) -> Path:
         """The file or folder for a normalised remote path; 404 unless it is served."""
@@ -772,8 +1000,62 @@ class Emulator:
             "aigeneratedSummary": None,
         }
 
+    def _today_row(
+        self, accession: str, rel: str, path: str, st: os.stat_result, style: _RowStyle
+    ) -> dict[str, Any]:
+        """A row of today's manifest, field for field as the real service writes it."""
+        parts = rel.split("/")
+        crc = zlib.crc32(rel.encode("utf-8"))
+        file_type = _today_file_type(parts)
+        if file_type == "study_file":
+            accession_text = f"SFL{crc % 100_000}"
+        elif file_type == "protocol_file":
+            accession_text = f"PTL{crc % 100_000}"
+        elif file_type == "result_file":
+            accession_text = str(crc % 1_000_000)
+        else:
+            accession_text = parts[-1]
+        md5: str | None = None
+        if rel not in style.null_md5:
+            override = self.md5_overrides.get(rel, self.md5_overrides.get("/" + rel))
+            md5 = override if override is not None else self._md5(Path(path), st)
+        updated = datetime.fromtimestamp(int(st.st_mtime), UTC)
+        has_drs = rel not in style.no_drs
+        row: dict[str, Any] = {
+            "fileDetailsId": crc % 10_000_000,
+            "workspaceId": zlib.crc32(accession.encode("utf-8")) % 10_000,
+            "reportedMD5": None,
+            "generatedMD5": md5,
+            "studyAccession": accession,
+            "filesizeBytes": st.st_size,
+            "fileType": file_type,
+            "fileAccession": accession_text,
+            "fileName": parts[-1],
+            "path": rel,
+            "dateFileUpdated": updated.strftime(
+                "%Y-%m-%dT%H:%M:%SZ" if style.datetime_dates else "%Y-%m-%d"
+            ),
+            "fileUUID": str(file_uuid(rel)),
+            "drsObjectCreated": has_drs if style.bool_drs else ("Y" if has_drs else "N"),
+            "aigeneratedKeywords": None,
+            "aigeneratedSummary": None,
+        }
+        row.update(style.extra_fields)
+        return row
+
+    def _row_style(self) -> _RowStyle:
+        return _RowStyle(
+            world=self.world,
+            bool_drs=self.manifest_bool_drs,
+            datetime_dates=self.manifest_datetime_dates,
+            null_md5=frozenset(p.strip("/") for p in self.manifest_null_md5),
+            no_drs=frozenset(p.strip("/") for p in self.manifest_no_drs),
+            extra_fields=dict(self.manifest_extra_fields),
+            extra_key=json.dumps(self.manifest_extra_fields, sort_keys=True, default=str),
+        )
+
     def _cached_details(
-        self, accession: str, rel: str, path: str, st: os.stat_result
+        self, accession: str, rel: str, path: str, st: os.stat_result, style: _RowStyle
     ) -> tuple[dict[str, Any], bytes]:
         """A manifest row and its compact JSON, remembered while the file is unchanged.
 
@@ -781,11 +1063,21 @@ class Emulator:
         request, time a real server spends on its own hardware, not the client's.
         """
         md5 = self.md5_overrides.get(rel, self.md5_overrides.get("/" + rel))
-        key = (accession, rel, st.st_size, st.st_mtime_ns, md5)
+        key: tuple[Any, ...]
+        if style.world == "legacy":
+            key = (accession, rel, st.st_size, st.st_mtime_ns, md5)
+        else:
+            key = (
+                accession, rel, st.st_size, st.st_mtime_ns, md5, style.bool_drs,
+                style.datetime_dates, rel in style.null_md5, rel in style.no_drs, style.extra_key,
+            )  # fmt: skip
         with self._lock:
             hit = self._details_cache.get(key)
         if hit is None:
-            row = self._file_details(accession, Path(path), st)
+            if style.world == "legacy":
+                row = self._file_details(accession, Path(path), st)
+            else:
+                row = self._today_row(accession, rel, path, st, style)
             hit = (row, _compact(row))
             with self._lock:
                 self._details_cache[key] = hit
@@ -809,13 +1101,18 @@ class Emulator:
         study = self.docroot / accession
         if not study.is_dir():
             raise _HttpError(404, f"Study {accession} not found")
+        today = self.world == "today"
         wanted = (query.get("fileType") or ["all"])[0]
-        if wanted != "all" and wanted not in _FILE_TYPES and wanted != "release_file":
-            raise _HttpError(400, f"Unknown fileType {wanted!r}")
-        details = [
-            self._cached_details(accession, rel, path, st)
-            for rel, path, st in self._walk_files(study)
-        ]
+        known = TODAY_FILE_TYPES if today else (*_FILE_TYPES, "release_file")
+        if wanted != "all" and wanted not in known:
+            raise _HttpError(400, f"Unknown fileType {wanted!r}; expected 'all' or one of {known}")
+        style = self._row_style()
+        files = list(self._walk_files(study))
+        details = [self._cached_details(accession, rel, path, st, style) for rel, path, st in files]
+        # The rows name every file's DRS id: remember them so DRS lookups need no walk.
+        index = {row["fileUUID"]: rel for (rel, _, _), (row, _) in zip(files, details, strict=True)}
+        with self._lock:
+            self._uuid_index.update(index)
         if wanted != "all":
             details = [d for d in details if d[0]["fileType"] == wanted]
         rows = [row for row, _ in details]
@@ -825,7 +1122,10 @@ class Emulator:
             lines += ["\t".join("" if r[k] is None else str(r[k]) for k in keys) for r in rows]
             return _Reply(200, ("\n".join(lines) + "\n").encode(), "text/tab-separated-values")
         # The same bytes as _compact(rows), from each row's cached JSON.
-        return _Reply(200, b"[" + b",".join(blob for _, blob in details) + b"]")
+        listed = b"[" + b",".join(blob for _, blob in details) + b"]"
+        if today and self.manifest_wrap_content:
+            listed = b'{"content":' + listed + b"}"
+        return _Reply(200, listed)
 
     def _study_summary(self, accession: str) -> _Reply:
         accession = accession.strip("/")
@@ -851,33 +1151,128 @@ class Emulator:
         return _Reply(200, _compact(doc))
 
     def _find_uuid(self, wanted: str) -> Path | None:
-        for target in self._files_below(self.docroot):
-            if str(file_uuid(self._relative(target))) == wanted:
+        """The served file whose DRS id is *wanted*, or None.
+
+        Looked up in an index of ids seen so far, checked against the disk; a miss walks
+        the docroot once and rebuilds the index (one walk of 100,000 files per DRS
+        request would dominate every benchmark that downloads).
+        """
+        with self._lock:
+            rel = self._uuid_index.get(wanted)
+        if rel is not None:
+            try:
+                target = self._resolve("/" + rel)
+            except _HttpError:
+                target = None
+            if target is not None and target.is_file():
                 return target
-        return None
+        index = {str(file_uuid(rel)): rel for rel, _, _ in self._walk_files(self.docroot)}
+        with self._lock:
+            self._uuid_index = index
+        rel = index.get(wanted)
+        return None if rel is None else self.docroot.joinpath(*rel.split("/"))
+
+    def _has_drs_object(self, target: Path) -> bool:
+        if self.world != "today":
+            return True
+        return self._relative(target) not in {p.strip("/") for p in self.manifest_no_drs}
 
     def _blob_signature(self, file_id: str, expires: int) -> str:
         message = f"{file_id}:{expires}".encode()
         return hmac.new(self.aspera_secret.encode(), message, hashlib.sha256).hexdigest()
 
-    def _drs(self, rest: str) -> _Reply:
-        method, _, file_id = rest.partition("/")
-        if method not in _BLOB_METHODS or not file_id:
-            raise _HttpError(400, f"Unknown access method {method!r}")
-        if self._find_uuid(file_id) is None:
-            raise _HttpError(404, f"File {file_id} not found")
+    def _presign(self, method: str, file_id: str) -> str:
+        """A presigned link to one file by one access method, valid ``drs_link_lifetime``."""
         with self._lock:
             expired = self._expired_links > 0
             self._expired_links -= 1 if expired else 0
         lifetime = -1.0 if expired else self.drs_link_lifetime
         expires = int(time.time() + lifetime)
         signed = f"{method}/{file_id}"
-        url = (
+        return (
             f"{self.base_url}/_blob/{method}/{quote(file_id)}?X-Amz-Algorithm=AWS4-HMAC-SHA256"
             f"&X-Amz-Expires={max(0, int(lifetime))}&expires={expires}"
             f"&sig={self._blob_signature(signed, expires)}"
         )
+
+    def _drs(self, rest: str) -> _Reply:
+        method, _, file_id = rest.partition("/")
+        if method not in _BLOB_METHODS or not file_id:
+            raise _HttpError(400, f"Unknown access method {method!r}")
+        target = self._find_uuid(file_id)
+        if target is None or not self._has_drs_object(target):
+            raise _HttpError(404, f"File {file_id} not found")
+        url = self._presign(method, file_id)
         return _Reply(200, _compact({"message": "Success", "url": url, "status": 200}))
+
+    # -- GA4GH DRS (today's world) ---------------------------------------------------
+
+    def _ga4gh(self, method: str, rest: str, authorization: str | None) -> _Reply:
+        parts = [unquote(p) for p in rest.split("/") if p]
+        if parts == ["service-info"]:
+            _require_method(method, "GET")
+            return _Reply(200, _compact(self._service_info()))
+        is_object = len(parts) == 2 and parts[0] == "objects"
+        is_access = len(parts) == 4 and parts[0] == "objects" and parts[2] == "access"
+        if not (is_object or is_access):
+            raise _HttpError(404, f"No static resource {_DRS_PREFIX.strip('/')}{rest}.")
+        _require_method(method, "GET")
+        scopes = self._authenticate(authorization)
+        object_id = parts[1]
+        if is_access:
+            _require_scope(scopes, "download", "download files")
+        elif not scopes & {"browse", "download"}:
+            # An object is metadata, but it is also the first step of every download.
+            _require_scope(scopes, "browse", "read DRS objects")
+        target = self._find_uuid(object_id)
+        if target is None or not self._has_drs_object(target):
+            raise _drs_error(404, f"Object {object_id} not found")
+        if is_object:
+            return _Reply(200, _compact(self._drs_object(object_id, target, scopes)))
+        access_id = parts[3]
+        if access_id not in {aid for _, aid in _DRS_ACCESS_METHODS}:
+            raise _drs_error(404, f"Access id {access_id!r} not found for object {object_id}")
+        url = self._presign(access_id, object_id)
+        return _Reply(200, _compact({"url": url, "headers": []}))
+
+    def _drs_object(
+        self, object_id: str, target: Path, scopes: frozenset[str]
+    ) -> dict[str, Any]:
+        st = target.stat()
+        rel = self._relative(target)
+        md5 = self.drs_md5_overrides.get(rel)
+        if md5 is None:
+            md5 = self._md5(target, st)
+        # Links are handed out inline only to a key that may download.
+        inline = self.drs_inline_access_url and "download" in scopes
+        access_methods: list[dict[str, Any]] = []
+        for kind, access_id in _DRS_ACCESS_METHODS:
+            if inline:
+                access_methods.append(
+                    {"type": kind, "access_url": {"url": self._presign(access_id, object_id)}}
+                )
+            else:
+                access_methods.append({"type": kind, "access_id": access_id})
+        return {
+            "id": object_id,
+            "name": target.name,
+            "self_uri": self.drs_uri(object_id),
+            "size": self.drs_size_overrides.get(rel, st.st_size),
+            "created_time": _iso(st.st_mtime),
+            "checksums": [{"type": "md5", "checksum": md5}],
+            "access_methods": access_methods,
+        }
+
+    def _service_info(self) -> dict[str, Any]:
+        return {
+            "id": "org.immport.drs",
+            "name": "ImmPort DRS (emulated)",
+            "type": {"group": "org.ga4gh", "artifact": "drs", "version": "1.4.0"},
+            "description": "GA4GH Data Repository Service over the emulator's docroot",
+            "organization": {"name": "ImmPort", "url": "https://www.immport.org"},
+            "version": "1.0.0",
+            "environment": "test",
+        }
 
     def _blob(
         self,
@@ -995,6 +1390,50 @@ def _file_type(parts: list[str]) -> str:
     if not folders:
         return "archive_file"
     return "study_file"
+
+
+@dataclass(frozen=True, slots=True)
+class _RowStyle:
+    """The knobs that shape manifest rows, read once per request."""
+
+    world: World
+    bool_drs: bool
+    datetime_dates: bool
+    null_md5: frozenset[str]
+    no_drs: frozenset[str]
+    extra_fields: dict[str, Any]
+    extra_key: str
+
+
+def _today_file_type(parts: list[str]) -> str:
+    """Today's ``fileType`` of ``SDYn/<folder>/...``: by the top folder; the study root
+    holds the current release."""
+    if len(parts) <= 2:
+        return "release_file"
+    return _TODAY_TYPE_BY_FOLDER.get(parts[1].lower(), "study_file")
+
+
+def _require_scope(scopes: frozenset[str], scope: str, action: str) -> None:
+    if scope not in scopes:
+        raise _HttpError(
+            403,
+            f"This API key lacks the '{scope}' scope needed to {action}; "
+            f"create a key with it at {API_KEY_PAGE}",
+        )
+
+
+def _drs_error(status: int, message: str) -> _HttpError:
+    """An error in the GA4GH DRS shape: ``{"msg": ..., "status_code": ...}``."""
+    return _HttpError(status, message, body={"msg": message, "status_code": status})
+
+
+def _scrub(doc: Any) -> Any:
+    """*doc* with the value of every secret-looking field masked."""
+    if isinstance(doc, dict):
+        return {k: "<hidden>" if k in _SECRET_FIELDS else _scrub(v) for k, v in doc.items()}
+    if isinstance(doc, list):
+        return [_scrub(v) for v in doc]
+    return doc
 
 
 def _byte_range(header: str | None, total: int) -> tuple[int, int] | str | None:
@@ -1230,14 +1669,35 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Serve a docroot until SIGINT/SIGTERM; print the URLs as one JSON line first."""
+    """Serve a docroot until SIGINT/SIGTERM.
+
+    Prints the URLs as one JSON line first, then (for people) the ``export`` lines that
+    point immsync at this server. Today's world issues an API key at start and writes
+    its key file; the key's value is never printed.
+    """
     parser = argparse.ArgumentParser(
         prog="python -m immsync.testing.emulator",
-        description="Serve a folder through an emulated ImmPort API on 127.0.0.1.",
+        description="Serve a folder through an emulated ImmPort API on 127.0.0.1: today's "
+        "ImmPort (API keys, the study file manifest, DRS) by default, or --legacy "
+        "(passwords, /data/list, Aspera tokens).",
     )
     parser.add_argument("--docroot", type=Path, required=True, help="folder to serve")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
+    parser.add_argument(
+        "--legacy", action="store_true", help="serve the legacy Aspera-era API instead"
+    )
+    parser.add_argument(
+        "--api-key-file",
+        type=Path,
+        help="today's world: write the API key file here (default: a temporary folder "
+        "removed on exit)",
+    )
+    parser.add_argument(
+        "--allow-password-sign-in",
+        action="store_true",
+        help="today's world: still answer POST /auth/token with a session token",
+    )
     parser.add_argument("--username", default=os.environ.get("IMMPORT_USERNAME", "demo"))
     parser.add_argument(
         "--password",
@@ -1252,16 +1712,25 @@ def main(argv: list[str] | None = None) -> int:
 
     if not args.docroot.is_dir():
         parser.error(f"--docroot {args.docroot} is not a folder")
+    if args.legacy and (args.api_key_file or args.allow_password_sign_in):
+        parser.error("--api-key-file and --allow-password-sign-in are for today's world")
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.WARNING,
         stream=sys.stderr,
         format="emulator: %(message)s",
     )
     password = args.password or os.environ.get("IMMPORT_PASSWORD") or "demo-password"
+    world: World = "legacy" if args.legacy else "today"
     emulator = Emulator(
-        args.docroot, username=args.username, password=password, host=args.host, port=args.port
+        args.docroot,
+        world=world,
+        username=args.username,
+        password=password,
+        host=args.host,
+        port=args.port,
     )
     emulator.latency = args.latency
+    emulator.allow_password_sign_in = args.allow_password_sign_in
     stop = threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
@@ -1269,18 +1738,47 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
-    with emulator:
-        if args.aspera_config is not None:
-            emulator.write_aspera_config(args.aspera_config)
-        line = {
+    with contextlib.ExitStack() as cleanup:
+        cleanup.enter_context(emulator)
+        line: dict[str, str] = {
+            "world": world,
             "base_url": emulator.base_url,
             "token_url": emulator.token_url,
             "data_url": emulator.data_url,
             "query_url": emulator.query_url,
+            "drs_url": emulator.drs_url,
         }
+        exports = {
+            "IMMSYNC_QUERY_API_BASE_URL": emulator.query_url,
+            "IMMSYNC_DRS_BASE_URL": emulator.drs_url,
+            "IMMPORT_DATA_API_BASE_URL": emulator.data_url,
+            "IMMPORT_TOKEN_URL": emulator.token_url,
+        }
+        if world == "today":
+            key_file = args.api_key_file
+            if key_file is None:
+                folder = cleanup.enter_context(tempfile.TemporaryDirectory(prefix="immport-emu-"))
+                key_file = Path(folder) / "immport-api-key.json"
+            key = emulator.add_api_key()
+            emulator.write_api_key_file(key_file, key)
+            line["api_key_file"] = str(key_file)
+            exports = {"IMMPORT_API_KEY_FILE": str(key_file), **exports}
         if args.aspera_config is not None:
+            emulator.write_aspera_config(args.aspera_config)
             line["aspera_config"] = str(args.aspera_config)
         sys.stdout.write(json.dumps(line) + "\n")
+        if world == "today":
+            sys.stdout.write(
+                f"# today's ImmPort at {emulator.base_url}: an API key with the browse and "
+                "download scopes is in the key file. Paste into your shell:\n"
+            )
+        else:
+            sys.stdout.write(
+                f"# legacy ImmPort at {emulator.base_url}: sign in as {args.username!r} with "
+                "the password you gave. Paste into your shell:\n"
+            )
+        for name, value in exports.items():
+            sys.stdout.write(f"export {name}={shlex.quote(value)}\n")
         sys.stdout.flush()
         while not stop.wait(0.2):
             pass
