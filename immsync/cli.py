@@ -84,7 +84,7 @@ if TYPE_CHECKING:
 
     from .ascp import AscpTransfer
     from .https import HttpsTransfer
-    from .immport import ImmportClient
+    from .immport import Credentials, ImmportClient
 
 # The offline commands (validate, plan --offline, status, verify) never touch the
 # network: requests, the ImmPort client and the transports are imported where they are
@@ -101,8 +101,11 @@ app = typer.Typer(
     add_completion=False,
 )
 
-DEFAULT_TOKEN_URL = "https://auth.immport.org/auth/token"  # noqa: S105 - a URL
+DEFAULT_QUERY_URL = "https://www.immport.org/data/query"
+DEFAULT_DRS_URL = "https://drs.immport.org"
+DEFAULT_TOKEN_URL = "https://www.immport.org/auth/token"  # noqa: S105 - a URL
 DEFAULT_DATA_URL = "https://api.immport.org/data"
+"""The legacy data API: the folder listing and Aspera tokens, used only where they answer."""
 
 
 class TransportMode(StrEnum):
@@ -120,9 +123,12 @@ class Environment:
     username: str | None = None
     password: str | None = None
     token: str | None = None
+    api_key: str | None = None
+    api_key_file: str | None = None
     token_url: str = DEFAULT_TOKEN_URL
     data_url: str = DEFAULT_DATA_URL
-    query_url: str | None = None
+    query_url: str = DEFAULT_QUERY_URL
+    drs_url: str = DEFAULT_DRS_URL
     ascp: str | None = None
     aspera_key: str | None = None
     aspera_host: str = "aspera-immport.niaid.nih.gov"
@@ -150,13 +156,20 @@ class Environment:
                 f"IMMSYNC_ASPERA_PORT must be a port number, not {port_text!r}"
             ) from None
         data_url = (get("IMMPORT_DATA_API_BASE_URL") or DEFAULT_DATA_URL).rstrip("/")
+        # A legacy deployment named by its data API serves the query API below it.
+        query_default = data_url + "/query" if get("IMMPORT_DATA_API_BASE_URL") else None
         return cls(
             username=get("IMMPORT_USERNAME"),
             password=environ.get("IMMPORT_PASSWORD") or None,
             token=get("IMMPORT_TOKEN"),
+            api_key=get("IMMPORT_API_KEY"),
+            api_key_file=get("IMMPORT_API_KEY_FILE"),
             token_url=get("IMMPORT_TOKEN_URL") or DEFAULT_TOKEN_URL,
             data_url=data_url,
-            query_url=(get("IMMSYNC_QUERY_API_BASE_URL") or data_url + "/query").rstrip("/"),
+            query_url=(
+                get("IMMSYNC_QUERY_API_BASE_URL") or query_default or DEFAULT_QUERY_URL
+            ).rstrip("/"),
+            drs_url=(get("IMMSYNC_DRS_BASE_URL") or DEFAULT_DRS_URL).rstrip("/"),
             ascp=get("IMMSYNC_ASCP"),
             aspera_key=get("IMMSYNC_ASPERA_KEY"),
             aspera_host=get("IMMSYNC_ASPERA_HOST") or "aspera-immport.niaid.nih.gov",
@@ -208,6 +221,22 @@ ManifestArg = Annotated[
     Path, typer.Argument(help="The manifest (YAML).", show_default=False, dir_okay=False)
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON to stdout instead of text.")]
+ApiKeyFileOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--api-key-file",
+        help="The JSON key file ImmPort's web site gave you (default: $IMMPORT_API_KEY_FILE).",
+        show_default=False,
+        dir_okay=False,
+    ),
+]
+PasswordStdinOpt = Annotated[
+    bool,
+    typer.Option(help="Read a legacy ImmPort password from standard input."),
+]
+InsecureHttpOpt = Annotated[
+    bool, typer.Option(help="Allow plain-http API URLs on non-loopback hosts.")
+]
 ChecksumOpt = Annotated[
     bool,
     typer.Option(
@@ -285,9 +314,9 @@ def plan(
             "(errors keep their own codes).",
         ),
     ] = False,
-    allow_insecure_http: Annotated[
-        bool, typer.Option(help="Allow plain-http API URLs on non-loopback hosts.")
-    ] = False,
+    api_key_file: ApiKeyFileOpt = None,
+    password_stdin: PasswordStdinOpt = False,
+    allow_insecure_http: InsecureHttpOpt = False,
     checksum: ChecksumOpt = False,
 ) -> None:
     """Show what `apply` would do, without changing anything.
@@ -302,11 +331,13 @@ def plan(
     with _errors_to_exit_codes():
         loaded = load_manifest(manifest)
         env = Environment.read(os.environ)
-        client = _make_client(env, allow_insecure_http=allow_insecure_http)
+        client = _connect(env, api_key_file, password_stdin, allow_insecure_http)
         pinned = find_lock(lock_path(manifest))
         with open_main_with_shards(loaded.destination) as store:
             # Drift from a lock file includes MD5s: compare every one.
-            found = survey(loaded, client, store, all_checksums=checksum or pinned is not None)
+            found = survey(
+                loaded, client.catalog, store, all_checksums=checksum or pinned is not None
+            )
         drift = []
         if pinned is not None:
             releases = {a: client.latest_data_release(a) for a in pinned.releases()}
@@ -430,12 +461,9 @@ def apply(
             show_default=False,
         ),
     ] = None,
-    password_stdin: Annotated[
-        bool, typer.Option(help="Read the ImmPort password from standard input.")
-    ] = False,
-    allow_insecure_http: Annotated[
-        bool, typer.Option(help="Allow plain-http API URLs on non-loopback hosts.")
-    ] = False,
+    password_stdin: PasswordStdinOpt = False,
+    api_key_file: ApiKeyFileOpt = None,
+    allow_insecure_http: InsecureHttpOpt = False,
     transport: Annotated[
         TransportMode | None,
         typer.Option(
@@ -468,9 +496,7 @@ def apply(
             )
         pinned = read_lock(lock_path(manifest)) if frozen else None
         env = Environment.read(os.environ)
-        if password_stdin:
-            env = _with_stdin_password(env)
-        client = _make_client(env, allow_insecure_http=allow_insecure_http)
+        client = _connect(env, api_key_file, password_stdin, allow_insecure_http)
         delete_count, delete_share = _parse_max_delete(max_delete)
         options = SyncOptions(
             jobs=jobs,
@@ -701,9 +727,9 @@ def verify_command(manifest: ManifestArg, json_output: JsonOpt = False) -> None:
 @app.command("lock")
 def lock_command(
     manifest: ManifestArg,
-    allow_insecure_http: Annotated[
-        bool, typer.Option(help="Allow plain-http API URLs on non-loopback hosts.")
-    ] = False,
+    api_key_file: ApiKeyFileOpt = None,
+    password_stdin: PasswordStdinOpt = False,
+    allow_insecure_http: InsecureHttpOpt = False,
 ) -> None:
     """Pin what the manifest selects upstream now, in a lock file beside it.
 
@@ -716,8 +742,8 @@ def lock_command(
     with _errors_to_exit_codes():
         loaded = load_manifest(manifest)
         env = Environment.read(os.environ)
-        client = _make_client(env, allow_insecure_http=allow_insecure_http)
-        remote = survey_remote(loaded, client)
+        client = _connect(env, api_key_file, password_stdin, allow_insecure_http)
+        remote = survey_remote(loaded, client.catalog)
         if remote.problems:
             raise SyncFailed(
                 "the lock file was not written: some selected paths could not be listed:",
@@ -791,9 +817,9 @@ def init_command(
     destination: Annotated[
         str, typer.Option(help="The manifest's destination folder.")
     ] = "data",
-    allow_insecure_http: Annotated[
-        bool, typer.Option(help="Allow plain-http API URLs on non-loopback hosts.")
-    ] = False,
+    api_key_file: ApiKeyFileOpt = None,
+    password_stdin: PasswordStdinOpt = False,
+    allow_insecure_http: InsecureHttpOpt = False,
 ) -> None:
     """Print a commented manifest for the given studies, from ImmPort's listing.
 
@@ -804,7 +830,7 @@ def init_command(
     """
     with _errors_to_exit_codes():
         env = Environment.read(os.environ)
-        client = _make_client(env, allow_insecure_http=allow_insecure_http)
+        client = _connect(env, api_key_file, password_stdin, allow_insecure_http)
         from .init import init_manifest
 
         text = init_manifest(
@@ -895,7 +921,9 @@ class _Scope:
         trust_timestamps: bool = False,
     ) -> Survey:
         """Plan this run's share; with a lock, refuse (LockDrift) if it no longer matches."""
-        catalog: Any = client if self.pinned is None else PinnedCatalog(client, self.pinned)
+        catalog: Any = (
+            client.catalog if self.pinned is None else PinnedCatalog(client.catalog, self.pinned)
+        )
         found = survey(
             manifest,
             catalog,
@@ -955,12 +983,16 @@ def _netrc_credentials(env: Environment) -> tuple[str | None, str | None]:
     return env.username or login or None, password or None
 
 
-def _make_client(env: Environment, *, allow_insecure_http: bool) -> ImmportClient:
+def _connect(
+    env: Environment, api_key_file: Path | None, password_stdin: bool, allow_insecure_http: bool
+) -> ImmportClient:
+    """The ImmPort client for this run, its credentials checked before any request."""
     import requests
 
-    from .immport import Credentials, ImmportClient
+    from .immport import ImmportClient, ListingLimits, ManifestLimits
 
-    username, password = _netrc_credentials(env)
+    if password_stdin:
+        env = _with_stdin_password(env)
     session = requests.Session()
     session.headers["User-Agent"] = f"immsync/{__version__}"
     return ImmportClient(
@@ -968,9 +1000,35 @@ def _make_client(env: Environment, *, allow_insecure_http: bool) -> ImmportClien
         token_url=env.token_url,
         data_url=env.data_url,
         query_url=env.query_url,
-        credentials=Credentials(username=username, password=password, token=env.token),
+        credentials=_credentials(env, api_key_file),
         allow_insecure_http=allow_insecure_http,
+        listing_limits=ListingLimits.from_environment(os.environ),
+        manifest_limits=ManifestLimits.from_environment(os.environ),
     )
+
+
+def _credentials(env: Environment, api_key_file: Path | None) -> Credentials:
+    """API key, then key file, then bearer token, then username and password.
+
+    A key file's expiry is checked here, before any request: an expired key ends the
+    run (exit 3), one close to expiry draws a warning.
+    """
+    from .immport import ApiKey, Credentials, load_api_key_file
+
+    key: ApiKey | None = None
+    if env.api_key:
+        key = ApiKey(env.api_key, "IMMPORT_API_KEY")
+    elif api_key_file is not None or env.api_key_file:
+        key, warnings = load_api_key_file(api_key_file or Path(env.api_key_file or ""))
+        for warning in warnings:
+            log.warning("%s", warning)
+    if key is not None:
+        soon = key.check_expiry()
+        if soon:
+            log.warning("%s", soon)
+        return Credentials(api_key=key)
+    username, password = _netrc_credentials(env)
+    return Credentials(username=username, password=password, token=env.token)
 
 
 def _with_stdin_password(env: Environment) -> Environment:
@@ -1088,7 +1146,7 @@ def _child_environment() -> dict[str, str]:
     return {
         k: v
         for k, v in os.environ.items()
-        if k not in ("IMMPORT_PASSWORD", "IMMPORT_TOKEN", "IMMPORT_USERNAME")
+        if k not in ("IMMPORT_PASSWORD", "IMMPORT_TOKEN", "IMMPORT_USERNAME", "IMMPORT_API_KEY")
     }
 
 

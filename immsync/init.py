@@ -1,6 +1,6 @@
-"""Starting a manifest: ``immsync init SDY1 SDY269`` writes one from ImmPort's listing.
+"""Starting a manifest: ``immsync init SDY1 SDY269`` writes one from ImmPort's catalog.
 
-Each study's top level is listed once (one request per study, plus its summary for
+Each study's catalog is read once (one request per study, plus its summary for
 the data release), and the manifest names what is there in comments, with sizes, so
 that narrowing it is a matter of uncommenting lines. The text is valid as printed.
 """
@@ -16,7 +16,6 @@ from typing import Protocol
 import yaml
 
 from .errors import RemoteNotFound, UsageError
-from .immport import Listing
 from .paths import unsafe_reason
 
 RESULTS_FOLDER = "ResultFiles"
@@ -29,7 +28,10 @@ _PLAIN = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+()/-]*")
 class StudyLister(Protocol):
     """The part of ``ImmportClient`` that ``init`` needs."""
 
-    def list_path(self, path: str) -> Listing: ...
+    def top_level(self, accession: str) -> list[tuple[str, bool, int]]:
+        """``(name, is_folder, bytes below it)`` for each entry at the study's top level."""
+        ...
+
     def latest_data_release(self, accession: str) -> str | None: ...
 
 
@@ -77,20 +79,12 @@ def overview(lister: StudyLister, accession: str) -> StudyOverview:
         RemoteNotFound: ImmPort has no such study.
         AuthError, ApiError: as for every call.
     """
-    listing = lister.list_path(f"/{accession}")
-    prefix = f"/{accession}/"
     entries = []
-    for item in listing.items:
-        path = item.path if item.path.startswith("/") else "/" + item.path
-        if item.type == "directory":
-            path = path.rstrip("/")
-        name = path[len(prefix) :] if path.startswith(prefix) else ""
+    for name, folder, size in lister.top_level(accession):
         # Anything a manifest could not name safely is left out, as the sync would.
         if not name or "/" in name or unsafe_reason(name) is not None:
             continue
-        if item.type not in ("file", "directory"):
-            continue
-        entries.append(TopEntry(name, item.type == "directory", item.size))
+        entries.append(TopEntry(name, folder, size))
     entries.sort(key=lambda e: e.name)
     return StudyOverview(accession, tuple(entries), lister.latest_data_release(accession))
 
@@ -173,6 +167,11 @@ def _study_lines(study: StudyOverview, *, results_only: bool) -> list[str]:
         lines.append("    # the entries you want (a folder means everything below it):")
         lines.append("    # paths:")
         lines += [entry_line(e, "    #   - ") for e in study.entries]
+    lines.append("    # ImmPort's kinds of files to take; by default every kind but archive_file")
+    lines.append("    # (the zips of earlier data releases in archive/, large and rarely wanted):")
+    lines.append(
+        "    # file_types: [study_file, protocol_file, result_file, release_file, archive_file]"
+    )
     lines.append('    # Filters on the path below the study, e.g. to skip the packaged archives:')
     lines.append('    # exclude: ["*.zip"]')
     return lines

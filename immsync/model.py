@@ -44,6 +44,34 @@ class Manifest:
     """``"ascp"``, ``"https"`` or ``"auto"`` when the manifest names one; None: the default."""
 
 
+FILE_TYPES = ("study_file", "protocol_file", "result_file", "release_file", "archive_file")
+"""ImmPort's kinds of study files, as its study file manifest names them."""
+
+DEFAULT_FILE_TYPES = ("study_file", "protocol_file", "result_file", "release_file")
+"""What a study entry selects unless it says otherwise: superseded releases
+(``archive_file``) are large and rarely wanted."""
+
+_TYPE_BY_FOLDER = {
+    "StudyFiles": "study_file",
+    "Protocols": "protocol_file",
+    "ResultFiles": "result_file",
+    "archive": "archive_file",
+}
+
+
+def file_type_of(path: str) -> str | None:
+    """ImmPort's type for a destination-relative path, from where it lies in its study.
+
+    For listings that carry no type (the legacy API); None for an unknown place.
+    """
+    parts = path.split("/")
+    if len(parts) == 2:
+        return "release_file"
+    if len(parts) > 2:
+        return _TYPE_BY_FOLDER.get(parts[1])
+    return None
+
+
 @dataclass(frozen=True, slots=True)
 class RemoteFile:
     """One file as ImmPort describes it."""
@@ -55,6 +83,8 @@ class RemoteFile:
     """Modification time exactly as the listing gives it (ISO-8601 UTC)."""
     md5: str | None = None
     """Lowercase hex MD5 from ImmPort's study manifest, when it gives one."""
+    file_type: str | None = None
+    """ImmPort's type for it (``FILE_TYPES``), from the manifest or else its place."""
 
     @property
     def remote_path(self) -> str:

@@ -120,32 +120,34 @@ class TestRerun:
         assert world.emulator.count("/data/download/token") == tokens
         assert summary(result)["result"]["counts"]["download"] == 0
 
-    def test_file_manifest_is_fetched_only_when_something_downloads(self, world: World):
-        """The study's MD5 manifest: once for a first sync, never for a no-op, and --checksum."""
+    def test_each_run_reads_one_manifest_per_study_and_nothing_else(self, world: World):
+        """The study file manifest is the catalog: one request a study and run, no listing."""
         route = "/data/query/api/study/manifest/SDY1"
-        world.write_manifest(SDY1_FLOW_AND_STUDY)
+        world.write_manifest(SDY1_FLOW_AND_STUDY)  # two roots of one study
         assert world.apply().exit_code == 0
         assert world.emulator.count(route) == 1
+        before = len(world.emulator.requests_log)
         assert world.apply().exit_code == 0
         assert world.run("plan", str(world.manifest_path)).exit_code == 0
-        assert world.emulator.count(route) == 1
-        assert world.apply("--checksum").exit_code == 0
-        assert world.emulator.count(route) == 2
+        assert world.emulator.count(route) == 3
+        after = [r.path for r in world.emulator.requests_log[before:]]
+        # This legacy world signs in with a password once per run; with an API key
+        # (test_today.py) the manifest is the only request.
+        assert after == ["/auth/token", route, "/auth/token", route], after
+        assert world.emulator.count("/data/list") == 0
 
-    def test_checksum_catches_new_bytes_behind_the_same_size_and_time(self, world: World):
-        """New bytes upstream, same size and listed second: only --checksum compares MD5s."""
+    def test_new_bytes_behind_the_same_size_and_time_are_caught(self, world: World):
+        """New bytes upstream, same size and listed second: the manifest's MD5 tells."""
         world.write_manifest(SDY1_FLOW_AND_STUDY)
         assert world.apply().exit_code == 0
         old = (world.remote / FCS).read_bytes()
         new = bytes(b ^ 0xFF for b in old)
-        # Half a second later: the listing (whole seconds) shows the same time.
+        # Half a second later: the catalog (whole seconds) shows the same time.
         write_file(world.remote, FCS, new, mtime=SAMPLE_MTIME + 0.5)
-        plan = ["plan", str(world.manifest_path), "--json"]
-        assert world.run(*plan).json()["actions"] == []
-        actions = world.run(*plan, "--checksum").json()["actions"]
+        actions = world.run("plan", str(world.manifest_path), "--json").json()["actions"]
         assert [(a["action"], a["path"]) for a in actions] == [("update", FCS)]
         assert actions[0]["reason"] == "changed upstream: md5 differs"
-        assert world.apply("--checksum").exit_code == 0
+        assert world.apply().exit_code == 0
         assert (world.dest / FCS).read_bytes() == new
 
     def test_noop_plan_says_nothing_to_do(self, world: World):
@@ -211,7 +213,7 @@ class TestRerun:
 class TestStaging:
     def test_leftover_of_unknown_version_is_not_resumed(self, world: World):
         """A staged file left by some other run is discarded, not trusted or resumed."""
-        world.emulator.manifest_available = False  # no MD5 to catch a wrong file later
+        world.emulator.manifest_route = False  # legacy listing: no MD5 to catch a wrong file later
         world.write_manifest(SDY1_FLOW_AND_STUDY)
         size = (world.remote / FCS).stat().st_size
         leftover = world.dest / ".immsync" / "staging" / FCS

@@ -126,14 +126,18 @@ MALFORMED: dict[str, dict[str, tuple[int, Any, str]]] = {
         "nested": (200, NESTED, "nested too deeply"),
     },
     "manifest": {
-        "html": (200, HTML_PAGE, ""),
-        "html-error": (403, HTML_PAGE, ""),
-        "not-json": (200, "path\tgeneratedMD5\n", ""),
-        "missing-keys": (200, [{"fileName": "Study_design.txt"}], ""),
-        "wrong-types": (200, {"rows": [{"path": 1, "generatedMD5": 2}]}, ""),
-        "truncated": (200, '[{"path":"SDY1/StudyFiles/a","generatedMD5":"0', ""),
-        "huge": (200, HUGE, ""),
-        "nested": (200, NESTED, ""),
+        "html": (200, HTML_PAGE, "got an HTML page instead of JSON"),
+        "html-error": (403, HTML_PAGE, "the reply was an HTML page"),
+        "not-json": (200, "path\tgeneratedMD5\n", "not valid JSON"),
+        "missing-keys": (200, [{"fileName": "Study_design.txt"}], "none of its 1 rows"),
+        "wrong-types": (
+            200,
+            {"rows": [{"path": 1, "generatedMD5": 2}]},
+            "a JSON object, not a list of files",
+        ),
+        "truncated": (200, '[{"path":"SDY1/StudyFiles/a","generatedMD5":"0', "truncated"),
+        "huge": (200, HUGE, "-byte limit"),
+        "nested": (200, NESTED, "nested too deeply"),
     },
 }
 ROUTES = {
@@ -155,6 +159,10 @@ class TestMalformedReplies:
         if not isinstance(body, str):
             body = json.dumps(body)
         world.write_manifest(ONE_FILE)
+        if endpoint == "list":
+            world.emulator.manifest_route = False  # a deployment with only the listing
+        if endpoint == "manifest":
+            world.env["IMMSYNC_MANIFEST_MAX_BYTES"] = str(MAX_REPLY)
         world.emulator.inject(ROUTES[endpoint], status=status, body=body, times=1)
         if endpoint == "download-token":
             result = invoke(
@@ -163,15 +171,10 @@ class TestMalformedReplies:
         else:
             result = invoke(world, "plan", str(world.manifest_path), "--json")
 
-        if endpoint == "manifest":
-            # Checksums are optional: the sync goes on without them, and says so.
-            assert result.exit_code == ExitCode.OK, result.output
-            notes = json.loads(result.stdout)["notes"]
-            assert any("upstream checksums not available" in n for n in notes), notes
-            return
         expected = {
             "auth": ExitCode.AUTH if status == 401 else ExitCode.REMOTE,
             "list": ExitCode.REMOTE,
+            "manifest": ExitCode.REMOTE,
             "download-token": ExitCode.REMOTE,
         }[endpoint]
         assert result.exit_code == expected, result.output
@@ -334,6 +337,7 @@ class TestGeneratedReplies:
     def test_listing_replies(self, world: World, listing: list[Any]) -> None:
         """plan over any listing reply exits 0 or 4 with problems named, never a traceback."""
         world.write_manifest(STUDY_FILES)
+        world.emulator.manifest_route = False  # a deployment with only the listing
         world.emulator.listing_overrides["/SDY1/StudyFiles"] = listing
         try:
             result = invoke(world, "plan", str(world.manifest_path), "--json")

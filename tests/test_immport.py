@@ -541,7 +541,7 @@ def test_study_checksums_report_overrides_lowercased(emu, client):
 
 
 def test_study_checksums_skip_unusable_rows(emu, client):
-    """Rows without a 32-hex md5, a path or an integer size are left out."""
+    """Rows without a 32-hex md5, a path or a whole-number size are left out."""
     good = {"path": "SDY1/a.txt", "generatedMD5": "a" * 32, "filesizeBytes": 5}
     rows = [
         good,
@@ -553,7 +553,10 @@ def test_study_checksums_skip_unusable_rows(emu, client):
     ]
     client.bearer_token()
     emu.inject("/data/query/api/study/manifest/", status=200, body=json.dumps(rows))
-    assert client.study_checksums("SDY1") == {"SDY1/a.txt": ("a" * 32, 5)}
+    assert client.study_checksums("SDY1") == {
+        "SDY1/a.txt": ("a" * 32, 5),
+        "SDY1/d.txt": ("b" * 32, 5),  # a size sent as digits is still a size
+    }
 
 
 def test_study_checksums_unavailable_gives_none(emu, client, sleep, caplog):
@@ -651,7 +654,9 @@ def test_unusable_urls_are_refused(url):
 def test_credentials_repr_hides_secrets():
     """Credentials never show the password or token in their repr or str."""
     creds = Credentials("alice", PASSWORD, TOKEN)
-    assert repr(creds) == "Credentials(username='alice', password=***, token=***)"
+    assert repr(creds) == (
+        "Credentials(username='alice', password=***, token=***, api_key=None)"
+    )
     assert_no_secrets(str(creds) + repr(creds), TOKEN)
 
 

@@ -71,7 +71,7 @@ class TestInit:
         """A study ImmPort lacks is exit 4; something that is not an accession is exit 2."""
         missing = world.run("init", "SDY404")
         assert missing.exit_code == ExitCode.REMOTE
-        assert "/SDY404" in missing.stderr
+        assert "SDY404: not found on ImmPort" in missing.stderr
         bad = world.run("init", "SDY1", "study-one")
         assert bad.exit_code == ExitCode.USAGE
         assert "'study-one' is not a study accession" in bad.stderr

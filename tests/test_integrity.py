@@ -113,7 +113,7 @@ class TestUpstreamMd5:
 
     def test_checksums_not_available_is_a_note(self, world: World) -> None:
         """No study manifest upstream: plan --json notes it, and the sync still works."""
-        world.emulator.manifest_available = False
+        world.emulator.manifest_route = False
         world.write_manifest(FLOW_AND_DESIGN)
         plan = world.run("plan", str(world.manifest_path), "--json")
         assert plan.exit_code == 0, plan.output

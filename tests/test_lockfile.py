@@ -215,7 +215,7 @@ class TestFrozen:
         """Same size and time upstream but other bytes, MD5 endpoint down: the pin catches it."""
         world.write_manifest(SDY1_FLOW_AND_STUDY)
         lock(world)
-        world.emulator.manifest_available = False
+        world.emulator.manifest_route = False
         size = (world.remote / FCS).stat().st_size
         write_file(world.remote, FCS, b"x" * size, mtime=SAMPLE_MTIME)
         result = world.apply("--frozen", "--retries", "0")

@@ -358,9 +358,11 @@ class TestTransferFaults:
 
 class TestApiFaults:
     def test_503_and_429_bursts_are_retried(self, world: World):
-        """503s on listing and 429s on the token endpoint are retried after Retry-After."""
+        """503s on the catalog and 429s on the token endpoint are retried after Retry-After."""
         world.write_manifest(SDY1_FLOW_AND_STUDY)
-        world.emulator.inject("/data/list", status=503, times=2, retry_after=0.05)
+        world.emulator.inject(
+            "/data/query/api/study/manifest/", status=503, times=2, retry_after=0.05
+        )
         world.emulator.inject("/data/download/token", status=429, times=2, retry_after=0.05)
         result = world.apply()
         assert result.exit_code == 0, result.output
@@ -535,7 +537,10 @@ class TestInterruption:
         world.emulator.latency = 0.5
         proc = start_apply(world)
         try:
-            wait_for(lambda: world.emulator.count("/data/list") >= 1, "the listing")
+            wait_for(
+                lambda: world.emulator.count("/data/query/api/study/manifest/") >= 1,
+                "the listing",
+            )
             proc.send_signal(signum)
             returncode, _out, err = finish(proc, timeout=30)
         finally:

@@ -155,6 +155,12 @@ class TestHostileManifestPaths:
 
 
 class TestHostileServerEntries:
+    """Hostile entries of the legacy listing (test_today.py holds the manifest's)."""
+
+    @pytest.fixture(autouse=True)
+    def _listing_only(self, world: World) -> None:
+        world.emulator.manifest_route = False  # a deployment that still lists folders
+
     def hostile_entries(self, tmp_path: Path) -> list[dict[str, Any]]:
         outside = tmp_path / "outside"
         return [
@@ -440,7 +446,7 @@ class TestSecrets:
             timeout=10,
         ).json()["token"]
         world.emulator.inject(
-            "/data/list",
+            "/data/query/api/study/manifest/",
             status=401,
             times=5,
             body={"error": "invalid_token", "message": f"Invalid access token: {bearer}"},

@@ -215,7 +215,7 @@ class TestApiCalls:
         assert result.exit_code == 0, result.output
         assert DESIGN in world.local_files()
         assert any(s.path.startswith("/moved/data/") for s in same_host.seen)
-        assert any(s.path.startswith("/data/list") for s in same_host.seen)
+        assert any(s.path.startswith("/data/query/api/study/manifest") for s in same_host.seen)
 
 
 class TestDownloadLinks:

@@ -298,6 +298,10 @@ class Emulator:
         self.allow_password_sign_in = False
         """Today's world only: answer ``POST /auth/token`` as the legacy service did."""
         self.manifest_available = True
+        """False: the manifest route answers 503, as a service that is down."""
+        self.manifest_route = True
+        """False: no manifest route at all (404, as a deployment from before the Shared
+        Data API), so clients fall back to the legacy listing."""
         self.md5_overrides: dict[str, str] = {}
         self.listing_overrides: dict[str, list[dict[str, Any]]] = {}
         self.study_releases: dict[str, str | None] = {}
@@ -1093,6 +1097,8 @@ class Emulator:
         return target.relative_to(self.docroot).as_posix()
 
     def _manifest(self, accession: str, query: dict[str, list[str]]) -> _Reply:
+        if not self.manifest_route:
+            raise _HttpError(404, "No handler found for this path")
         if not self.manifest_available:
             raise _HttpError(503, "Service temporarily unavailable")
         accession = accession.strip("/")
