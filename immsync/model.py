@@ -147,11 +147,17 @@ class StateEntry(NamedTuple):
         return LocalFile(self.size, self.mtime_ns)
 
     def matches_remote(self, remote: RemoteFile) -> bool:
-        """True when *remote* describes the same upstream version we fetched."""
-        if remote.size != self.remote_size or remote.mtime != self.remote_mtime:
+        """True when *remote* describes the same upstream version we fetched.
+
+        Where both sides have an MD5 the content decides: ImmPort's dates are
+        day-granular, can lag a change, and are written differently by the legacy
+        listing and the study manifest, so a date alone must not cost a download.
+        """
+        if remote.size != self.remote_size:
             return False
-        # An MD5 is only comparable when both sides have one.
-        return not (remote.md5 and self.remote_md5 and remote.md5 != self.remote_md5)
+        if remote.md5 and self.remote_md5:
+            return remote.md5 == self.remote_md5
+        return remote.mtime == self.remote_mtime
 
 
 class Action(Enum):

@@ -15,7 +15,7 @@ from immsync.cli import app
 from immsync.testing.aspera_config import FakeAsperaConfig
 from immsync.testing.emulator import Emulator
 from immsync.testing.fake_ascp import FakeAsperaInstall, install_fake_ascp
-from immsync.testing.sampledata import build_sample_tree
+from immsync.testing.sampledata import build_sample_tree, build_today_tree
 
 PASSWORD = "s3cret-Pa55word"
 
@@ -121,6 +121,37 @@ def _world(tmp_path: Path) -> Any:
             "IMMPORT_TOKEN_URL": emulator.token_url,
             "IMMPORT_DATA_API_BASE_URL": emulator.data_url,
             "IMMSYNC_ASCP": str(aspera.ascp),
+            "IMMSYNC_ASPERA_KEY": "",
+            "PATH": os.environ.get("PATH", ""),
+        }
+        yield World(root, remote, emulator, config, aspera, env)
+
+
+@pytest.fixture(name="today")
+def _today(tmp_path: Path) -> Any:
+    """Today's ImmPort (2026): an API key file, the study manifest, DRS; no Aspera."""
+    remote = tmp_path / "immport"
+    build_today_tree(remote)
+    root = tmp_path / "project"
+    root.mkdir()
+    with Emulator(remote) as emulator:
+        key = emulator.add_api_key()
+        key_file = emulator.write_api_key_file(tmp_path / "immport-key.json", key)
+        config = emulator.write_aspera_config(
+            tmp_path / "aspera.json", session_log=str(root / "sessions.jsonl")
+        )
+        aspera = install_fake_ascp(tmp_path / "aspera-cli", config)
+        env = {
+            "IMMPORT_API_KEY_FILE": str(key_file),
+            "IMMPORT_API_KEY": "",
+            "IMMPORT_TOKEN": "",
+            "IMMPORT_USERNAME": "",
+            "IMMPORT_PASSWORD": "",
+            "IMMPORT_TOKEN_URL": emulator.token_url,
+            "IMMPORT_DATA_API_BASE_URL": emulator.data_url,
+            "IMMSYNC_QUERY_API_BASE_URL": emulator.query_url,
+            "IMMSYNC_DRS_BASE_URL": emulator.drs_url,
+            "IMMSYNC_ASCP": "",
             "IMMSYNC_ASPERA_KEY": "",
             "PATH": os.environ.get("PATH", ""),
         }

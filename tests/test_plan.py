@@ -223,3 +223,28 @@ def test_applying_a_plan_then_replanning_gives_nothing_to_do(world):
     plan = make_plan(selected, state, observed)
     new_state, new_observed = carry_out(selected, state, plan)
     assert not make_plan(selected, new_state, new_observed)
+
+
+class TestContentDecides:
+    """Where upstream and the record both have an MD5, the date does not matter."""
+
+    MD5 = "0123456789abcdef0123456789abcdef"
+
+    def test_a_date_written_another_way_is_no_change(self):
+        """Recorded from the legacy listing (a time), now read from the manifest (a date)."""
+        recorded = {"SDY1/a": entry("SDY1/a", remote_mtime=MTIME, remote_md5=self.MD5)}
+        catalog = {"SDY1/a": remote("SDY1/a", mtime="2017-06-15", md5=self.MD5)}
+        observed = {"SDY1/a": Observed(10, 1)}
+        assert only(make_plan(catalog, recorded, observed), "SDY1/a").action is Action.UNCHANGED
+
+    def test_other_bytes_behind_the_same_date_are_an_update(self):
+        recorded = {"SDY1/a": entry("SDY1/a", remote_mtime="2017-06-15", remote_md5=self.MD5)}
+        catalog = {"SDY1/a": remote("SDY1/a", mtime="2017-06-15", md5="f" * 32)}
+        item = only(make_plan(catalog, recorded, {"SDY1/a": Observed(10, 1)}), "SDY1/a")
+        assert (item.action, item.reason) == (Action.UPDATE, "changed upstream: md5 differs")
+
+    def test_without_an_md5_the_date_still_decides(self):
+        recorded = {"SDY1/a": entry("SDY1/a", remote_mtime=MTIME)}
+        catalog = {"SDY1/a": remote("SDY1/a", mtime="2017-06-16")}
+        item = only(make_plan(catalog, recorded, {"SDY1/a": Observed(10, 1)}), "SDY1/a")
+        assert item.action is Action.UPDATE

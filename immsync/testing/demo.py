@@ -1,8 +1,10 @@
 """The offline demo: ``make demo`` (or ``python -m immsync.testing.demo``).
 
-Starts the bundled ImmPort emulator on 127.0.0.1, installs the stand-in ``ascp``, and
-runs the real ``immsync`` command against them twice: the first run fetches, verifies
-and records; the second finds nothing to do. Everything lives in ``demo-run/``.
+Starts the bundled ImmPort emulator on 127.0.0.1 as today's ImmPort (2026: an API key,
+the study file manifest as the catalog, downloads through DRS links over HTTPS) and
+runs the real ``immsync`` command against it: the first apply fetches, verifies and
+records; the second finds nothing to do and sends one request per study. Everything
+lives in ``demo-run/``.
 """
 
 from __future__ import annotations
@@ -15,50 +17,55 @@ import sys
 from pathlib import Path
 
 from .emulator import Emulator
-from .fake_ascp import install_fake_ascp
-from .sampledata import build_sample_tree
+from .sampledata import build_today_tree
 
-DEMO_USER = "demo"
-DEMO_PASSWORD = "demo-password"  # noqa: S105 - the emulator's made-up account
+_CATALOG_ROUTE = "/data/query/api/study/manifest/"
 
 
 def run_demo(workdir: Path, manifest_template: Path) -> int:
     if workdir.exists():
         shutil.rmtree(workdir)
     remote_root = workdir / "immport"
-    build_sample_tree(remote_root)
+    build_today_tree(remote_root)
     manifest = workdir / "manifest.yaml"
     shutil.copyfile(manifest_template, manifest)
-    with Emulator(
-        remote_root, world="legacy", username=DEMO_USER, password=DEMO_PASSWORD
-    ) as emulator:
-        config = emulator.write_aspera_config(
-            workdir / "aspera-config.json", session_log=str(workdir / "ascp-sessions.jsonl")
+    with Emulator(remote_root) as emulator:
+        key_file = emulator.write_api_key_file(
+            workdir / "immport-api-key.json", emulator.add_api_key()
         )
-        aspera = install_fake_ascp(workdir / "aspera-cli", config)
+        print(
+            "Today's ImmPort, emulated on 127.0.0.1: an API key (its JSON key file is "
+            f"{key_file.name}), the study file manifest as the catalog, DRS links over HTTPS.",
+            flush=True,
+        )
         env = {
-            **os.environ,
-            "IMMPORT_USERNAME": DEMO_USER,
-            "IMMPORT_PASSWORD": DEMO_PASSWORD,
-            "IMMPORT_TOKEN_URL": emulator.token_url,
+            **{k: v for k, v in os.environ.items() if not k.startswith("IMMPORT_")},
+            "IMMPORT_API_KEY_FILE": str(key_file),
+            "IMMSYNC_QUERY_API_BASE_URL": emulator.query_url,
+            "IMMSYNC_DRS_BASE_URL": emulator.drs_url,
             "IMMPORT_DATA_API_BASE_URL": emulator.data_url,
-            "IMMSYNC_ASCP": str(aspera.ascp),
+            "IMMPORT_TOKEN_URL": emulator.token_url,
         }
+        env.pop("IMMSYNC_ASCP", None)
         steps = [
-            ("validate the manifest", ["validate", str(manifest)]),
-            ("what would change", ["plan", str(manifest)]),
-            ("first apply: fetch, verify, record", ["apply", str(manifest)]),
-            ("second apply: nothing to do", ["apply", str(manifest)]),
-            ("offline status", ["status", str(manifest)]),
-            ("re-hash everything", ["verify", str(manifest)]),
+            ("validate the manifest", ["validate", str(manifest)], None),
+            ("what would change", ["plan", str(manifest)], None),
+            ("first apply: fetch, verify, record", ["apply", str(manifest)], None),
+            ("second apply: nothing to do", ["apply", str(manifest)], "second"),
+            ("offline status", ["status", str(manifest)], None),
+            ("re-hash everything", ["verify", str(manifest)], None),
         ]
-        for title, args in steps:
+        second_run: list[str] = []
+        for title, args, label in steps:
             print(f"\n$ immsync {' '.join(args)}    # {title}", flush=True)
+            before = len(emulator.requests_log)
             result = subprocess.run([sys.executable, "-m", "immsync", *args], env=env, check=False)
+            if label == "second":
+                second_run = [r.path for r in emulator.requests_log[before:]]
             if result.returncode != 0:
                 print(f"demo step failed with exit code {result.returncode}", file=sys.stderr)
                 return result.returncode
-    sessions = (workdir / "ascp-sessions.jsonl").read_text().count("\n")
+        served = emulator.bytes_served()
     files = sorted(
         p.relative_to(workdir / "data").as_posix()
         for p in (workdir / "data").rglob("*")
@@ -67,7 +74,12 @@ def run_demo(workdir: Path, manifest_template: Path) -> int:
     print(f"\nFiles in {workdir / 'data'}:")
     for f in files:
         print(f"  {f}")
-    print(f"\nascp sessions started over both runs: {sessions} (the second run started none).")
+    catalog = sum(1 for path in second_run if path.startswith(_CATALOG_ROUTE))
+    print(
+        f"\nDownloaded {served} bytes over both runs. The second apply sent "
+        f"{len(second_run)} request(s), {catalog} of them study manifests (one per study), "
+        "and downloaded nothing."
+    )
     return 0
 
 

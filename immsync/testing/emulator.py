@@ -343,7 +343,7 @@ class Emulator:
         self._revoked_keys: set[str] = set()
         self._issued: list[str] = []
         self._faults: list[_Fault] = []
-        self._md5_cache: dict[tuple[str, int, int], str] = {}
+        self._md5_cache: dict[tuple[str, int, int, int], str] = {}
         self._details_cache: dict[tuple[Any, ...], tuple[dict[str, Any], bytes]] = {}
         self._uuid_index: dict[str, str] = {}
         self._connections: set[socket.socket] = set()
@@ -962,7 +962,8 @@ class Emulator:
 
     def _md5(self, target: Path, st: os.stat_result | None = None) -> str:
         st = st or target.stat()
-        key = (str(target), st.st_size, st.st_mtime_ns)
+        # ctime too: a file rewritten with its old mtime put back has new bytes.
+        key = (str(target), st.st_size, st.st_mtime_ns, st.st_ctime_ns)
         with self._lock:
             cached = self._md5_cache.get(key)
         if cached is not None:
@@ -1069,10 +1070,10 @@ class Emulator:
         md5 = self.md5_overrides.get(rel, self.md5_overrides.get("/" + rel))
         key: tuple[Any, ...]
         if style.world == "legacy":
-            key = (accession, rel, st.st_size, st.st_mtime_ns, md5)
+            key = (accession, rel, st.st_size, st.st_mtime_ns, st.st_ctime_ns, md5)
         else:
             key = (
-                accession, rel, st.st_size, st.st_mtime_ns, md5, style.bool_drs,
+                accession, rel, st.st_size, st.st_mtime_ns, st.st_ctime_ns, md5, style.bool_drs,
                 style.datetime_dates, rel in style.null_md5, rel in style.no_drs, style.extra_key,
             )  # fmt: skip
         with self._lock:
