@@ -310,8 +310,8 @@ class StudyCatalog:
             counted[0] += 1
             if counted[0] > limit:
                 raise ApiError(
-                    f"ImmPort's file manifest of {accession} has more than {limit} rows",
-                    hint="raise IMMSYNC_MANIFEST_MAX_ROWS if this study is really that large",
+                    f"ImmPort's file manifest of {accession} has more than {limit} rows "
+                    "(the bound IMMSYNC_MANIFEST_MAX_ROWS; raise it if the study is that large)"
                 )
             return compact_row(raw)
 

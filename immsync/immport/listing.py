@@ -248,10 +248,10 @@ class LegacyListing:
 
 
 def _over_limit(start: str, what: str, variable: str) -> NoReturn:
+    # The bound's name goes in the message itself: it is shown as a per-root problem.
     raise ApiError(
-        f"the listing of {start} stopped: it reached {what}",
-        hint=f"a study this large is unusual; if it is real, raise IMMSYNC_LIST_MAX_{variable} "
-        "(see README, Environment), otherwise report the server's behaviour",
+        f"the listing of {start} stopped: it reached {what} (the bound "
+        f"IMMSYNC_LIST_MAX_{variable}; raise it if the study is really that large)"
     )
 
 

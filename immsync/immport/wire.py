@@ -67,8 +67,10 @@ class Secrets:
         with self._lock:
             known = sorted(self._values, key=len, reverse=True)
         for secret in known:
+            # Token characters (JWTs and keys use . - _ ~ + / =) on either side mean the
+            # value is part of something longer; a full stop ending a sentence does not.
             text = re.sub(
-                rf"(?<![A-Za-z0-9_\-.~+/=]){re.escape(secret)}(?![A-Za-z0-9_\-.~+/=])",
+                rf"(?<![A-Za-z0-9_\-.~+/=]){re.escape(secret)}(?![A-Za-z0-9_\-~+/=]|\.\w)",
                 "***",
                 text,
             )
