@@ -13,6 +13,7 @@ import logging
 import logging.config
 import netrc
 import os
+import re
 import signal
 import sys
 import threading
@@ -98,7 +99,7 @@ app = typer.Typer(
     help="Declarative, verified, resumable sync of ImmPort study files.",
     pretty_exceptions_show_locals=False,
     no_args_is_help=True,
-    add_completion=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
 )
 
 DEFAULT_QUERY_URL = "https://www.immport.org/data/query"
@@ -199,9 +200,19 @@ def _version(value: bool) -> None:
 @app.callback()
 def _main(
     verbose: Annotated[
-        int, typer.Option("--verbose", "-v", count=True, help="More detail (-vv for debug).")
+        int,
+        typer.Option(
+            "--verbose",
+            "-v",
+            count=True,
+            metavar="",
+            show_default=False,
+            help="More detail; -vv for debug. Also after the command.",
+        ),
     ] = 0,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Errors only.")] = False,
+    quiet: Annotated[
+        bool, typer.Option("--quiet", "-q", help="Errors only. Also after the command.")
+    ] = False,
     version: Annotated[
         bool,
         typer.Option("--version", callback=_version, is_eager=True, help="Show the version."),
@@ -221,6 +232,7 @@ ManifestArg = Annotated[
     Path, typer.Argument(help="The manifest (YAML).", show_default=False, dir_okay=False)
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON to stdout instead of text.")]
+_ACCESS = "Credentials and network"
 ApiKeyFileOpt = Annotated[
     Path | None,
     typer.Option(
@@ -228,22 +240,31 @@ ApiKeyFileOpt = Annotated[
         help="The JSON key file ImmPort's web site gave you (default: $IMMPORT_API_KEY_FILE).",
         show_default=False,
         dir_okay=False,
+        rich_help_panel=_ACCESS,
     ),
 ]
 PasswordStdinOpt = Annotated[
     bool,
-    typer.Option(help="Read a legacy ImmPort password from standard input."),
+    typer.Option(
+        "--password-stdin",
+        help="Read a legacy ImmPort password from standard input.",
+        rich_help_panel=_ACCESS,
+    ),
 ]
 InsecureHttpOpt = Annotated[
-    bool, typer.Option(help="Allow plain-http API URLs on non-loopback hosts.")
+    bool,
+    typer.Option(
+        "--allow-insecure-http",
+        help="Allow plain-http API URLs on non-loopback hosts.",
+        rich_help_panel=_ACCESS,
+    ),
 ]
 ChecksumOpt = Annotated[
     bool,
     typer.Option(
         "--checksum",
-        help="Also compare ImmPort's MD5 for files whose size and time did not change "
-        "(fetches every study's file manifest; by default only studies with something "
-        "to download need it).",
+        help="Legacy listing only: also fetch ImmPort's MD5s for studies with nothing to "
+        "download (today's catalog, the study file manifest, always has them).",
     ),
 ]
 
@@ -253,6 +274,13 @@ def _errors_to_exit_codes() -> Iterator[None]:
     """The one place where failures become messages and exit codes."""
     try:
         yield
+    except BrokenPipeError:
+        # Whoever read our output stopped (`immsync plan m.yaml | head -1`): stop
+        # quietly, as other tools do, and let nothing else try to write there.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        raise typer.Exit(int(ExitCode.BROKEN_PIPE)) from None
     except ImmsyncError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(int(exc.exit_code)) from None
@@ -382,42 +410,78 @@ def apply(
         int, typer.Option("--jobs", "-j", min=1, max=16, help="Transfer sessions at once.")
     ] = 2,
     prune: Annotated[
-        bool, typer.Option(help="Delete recorded files the manifest no longer selects.")
+        bool,
+        typer.Option(
+            "--prune",
+            help="Delete recorded files the manifest no longer selects.",
+            rich_help_panel="Deleting",
+        ),
     ] = False,
     max_delete: Annotated[
         str,
         typer.Option(
             metavar="N|N%",
             help="With --prune: refuse to delete more than N files, or N% of those recorded.",
+            rich_help_panel="Deleting",
         ),
     ] = "50%",
     rebuild_state: Annotated[
         bool,
         typer.Option(
+            "--rebuild-state",
             help="Replace an unreadable state: set it aside and re-record the files on "
-            "disk that match the listing (re-hashed, not re-downloaded)."
+            "disk that match upstream (re-hashed, not re-downloaded).",
+            rich_help_panel="State and locks",
         ),
     ] = False,
-    dry_run: Annotated[bool, typer.Option(help="Plan and report, change nothing.")] = False,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Plan and report, change nothing.")
+    ] = False,
     batch_files: Annotated[
-        int, typer.Option(min=1, help="At most this many files per ascp session.")
+        int,
+        typer.Option(
+            min=1,
+            metavar="N",
+            help="At most this many files per ascp session.",
+            rich_help_panel="Tuning",
+        ),
     ] = 500,
     batch_gib: Annotated[
-        float, typer.Option(min=0.001, help="About this many GiB per ascp session at most.")
+        float,
+        typer.Option(
+            min=0.001,
+            metavar="GIB",
+            help="About this many GiB per ascp session at most.",
+            rich_help_panel="Tuning",
+        ),
     ] = 20.0,
     session_stagger: Annotated[
         float,
         typer.Option(
             min=0,
+            metavar="SECONDS",
             help="Space session starts by up to this many seconds: the next starts once "
             "the previous one has connected, or after this long.",
+            rich_help_panel="Tuning",
         ),
     ] = 1.0,
     retries: Annotated[
-        int, typer.Option(min=0, help="Retries of a failed session (transient faults only).")
+        int,
+        typer.Option(
+            min=0,
+            metavar="N",
+            help="Retries of a failed session (transient faults only).",
+            rich_help_panel="Tuning",
+        ),
     ] = 4,
     retry_wait: Annotated[
-        float, typer.Option(min=0, help="First retry delay in seconds; doubles each time.")
+        float,
+        typer.Option(
+            min=0,
+            metavar="SECONDS",
+            help="First retry delay in seconds; doubles each time.",
+            rich_help_panel="Tuning",
+        ),
     ] = 2.0,
     json_output: Annotated[
         bool,
@@ -425,6 +489,7 @@ def apply(
             "--json",
             help="Print a stream of JSON events on stdout, one per line, ending with a "
             "summary (schemas/events.schema.json).",
+            rich_help_panel="Output",
         ),
     ] = False,
     summary_file: Annotated[
@@ -435,13 +500,16 @@ def apply(
             "artifact.",
             dir_okay=False,
             show_default=False,
+            rich_help_panel="Output",
         ),
     ] = None,
     frozen: Annotated[
         bool,
         typer.Option(
+            "--frozen",
             help="Fetch exactly what the lock file beside the manifest pins; fail, naming "
-            "each file, if upstream or the manifest no longer matches it."
+            "each file, if upstream or the manifest no longer matches it.",
+            rich_help_panel="Pinning and job arrays",
         ),
     ] = False,
     shard_text: Annotated[
@@ -452,13 +520,17 @@ def apply(
             help="Take shard K of N (from 1) of the selected files, with its own state, for "
             "job arrays; `immsync merge-shards` folds the shards together afterwards.",
             show_default=False,
+            rich_help_panel="Pinning and job arrays",
         ),
     ] = None,
     wait: Annotated[
         float | None,
         typer.Option(
-            min=0, help="Wait up to this many seconds for another run on the same destination.",
+            min=0,
+            metavar="SECONDS",
+            help="Wait up to this many seconds for another run on the same destination.",
             show_default=False,
+            rich_help_panel="State and locks",
         ),
     ] = None,
     password_stdin: PasswordStdinOpt = False,
@@ -778,7 +850,9 @@ def merge_shards_command(
     wait: Annotated[
         float | None,
         typer.Option(
-            min=0, help="Wait up to this many seconds for another run on the same destination.",
+            min=0,
+            metavar="SECONDS",
+            help="Wait up to this many seconds for another run on the same destination.",
             show_default=False,
         ),
     ] = None,
@@ -812,7 +886,7 @@ def init_command(
         typer.Argument(help="Study accessions, e.g. SDY1 SDY269.", show_default=False),
     ],
     results_only: Annotated[
-        bool, typer.Option(help="Take each study's ResultFiles folder only.")
+        bool, typer.Option("--results-only", help="Take each study's ResultFiles folder only.")
     ] = False,
     destination: Annotated[
         str, typer.Option(help="The manifest's destination folder.")
@@ -1194,4 +1268,20 @@ def main() -> None:
     # By default SIGTERM ends Python without a word. While transfers run,
     # _signals_cancel takes over both signals to stop them and record what finished.
     signal.signal(signal.SIGTERM, _raise_terminated)
-    app()
+    app(args=hoist_global_options(sys.argv[1:]), prog_name="immsync")
+
+
+_GLOBAL_FLAGS = re.compile(r"-v+|--verbose|-q|--quiet")
+
+
+def hoist_global_options(args: list[str]) -> list[str]:
+    """``immsync plan m.yaml -v`` as ``immsync -v plan m.yaml``: global flags go first.
+
+    Typer reads the group's options only before the command name; people put ``-v``
+    wherever they like. No option of any command takes a value that looks like these
+    flags, and nothing after ``--`` is touched.
+    """
+    end = args.index("--") if "--" in args else len(args)
+    flags = [a for a in args[:end] if _GLOBAL_FLAGS.fullmatch(a)]
+    rest = [a for a in args[:end] if not _GLOBAL_FLAGS.fullmatch(a)]
+    return [*flags, *rest, *args[end:]]

@@ -36,6 +36,8 @@ class ExitCode(IntEnum):
     """``plan --detailed-exitcode`` only: the plan has changes (not an error)."""
     INTERRUPTED = 130
     """Stopped by SIGINT (Ctrl-C)."""
+    BROKEN_PIPE = 141
+    """Standard output was closed early (piped into ``head``): stopped quietly."""
     TERMINATED = 143
     """Stopped by SIGTERM."""
 
