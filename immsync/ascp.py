@@ -16,6 +16,7 @@ from __future__ import annotations
 import codecs
 import collections
 import contextlib
+import ctypes
 import itertools
 import logging
 import math
@@ -25,6 +26,7 @@ import shlex
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -46,6 +48,37 @@ TAIL_LINES = 20
 _SHOWN_FILES = 3
 
 PopenFactory = Callable[..., subprocess.Popen[bytes]]
+
+
+def _end_with_parent() -> Callable[[], None] | None:
+    """On Linux, a function that has the kernel send ascp SIGTERM when immsync dies.
+
+    Without it, an immsync killed with SIGKILL leaves ascp writing into staging. The
+    signal follows the *thread* that started ascp; each session's thread waits for
+    its ascp, so the two end together. Elsewhere: None (the lock, inherited by ascp,
+    still keeps the next run away until ascp has ended).
+    """
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        prctl = libc.prctl
+    except (OSError, AttributeError):
+        return None
+    prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
+    prctl.restype = ctypes.c_int
+    parent = os.getpid()
+    set_parent_death_signal = 1  # PR_SET_PDEATHSIG
+    sigterm = int(signal.SIGTERM)
+
+    # Runs in the child between fork and exec: only a system call, nothing that could
+    # wait on a lock another thread of the parent held at fork time.
+    def child_setup() -> None:
+        prctl(set_parent_death_signal, sigterm, 0, 0, 0)
+        if os.getppid() != parent:  # the parent died before the line above
+            os._exit(1)
+
+    return child_setup
 
 
 # --------------------------------------------------------------------------------------
@@ -336,6 +369,7 @@ class AscpTransfer:
         workdir: Path,
         env: Mapping[str, str],
         popen: PopenFactory = subprocess.Popen,
+        hold_fds: Sequence[int] = (),
     ) -> None:
         """
         Args:
@@ -345,7 +379,11 @@ class AscpTransfer:
             workdir: private folder for the file-pair lists.
             env: the environment for ascp (the token is added to it).
             popen: starts the process; ``subprocess.Popen`` or a wrapper with its signature.
+            hold_fds: descriptors each ascp inherits, such as the destination lock's:
+                while any ascp still writes into staging, the destination stays locked,
+                even if immsync itself was killed.
         """
+        self._hold_fds = tuple(hold_fds)
         self.settings = settings
         self._token_source = token_source
         self._workdir = workdir
@@ -473,6 +511,8 @@ class AscpTransfer:
                 stderr=subprocess.PIPE,
                 env=env,
                 close_fds=True,
+                pass_fds=self._hold_fds,
+                preexec_fn=_end_with_parent(),
                 bufsize=0,
             )
         except OSError as exc:

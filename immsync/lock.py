@@ -94,6 +94,12 @@ class DestinationLock:
             os.ftruncate(fd, 0)
             os.pwrite(fd, json.dumps(holder_info).encode() + b"\n", 0)
 
+    def fileno(self) -> int:
+        """The lock's descriptor, for a child process that must keep the lock while it lives."""
+        if self._fd is None:
+            raise ValueError("the lock is not held")
+        return self._fd
+
     def release(self) -> None:
         if self._fd is not None:
             # Leave the file in place: unlinking a lock file races with a run that
