@@ -47,7 +47,7 @@ from .lockfile import (
     write_lock,
 )
 from .manifest import load_manifest
-from .model import Manifest, Report
+from .model import Manifest, Report, StateEntry
 from .render import (
     LineReporter,
     RichReporter,
@@ -759,14 +759,42 @@ def status_command(manifest: ManifestArg, json_output: JsonOpt = False) -> None:
     """
     with _errors_to_exit_codes():
         loaded = load_manifest(manifest)
-        with _open_state(loaded, create=False) as store:
-            checks = status(loaded.destination, all_entries(loaded.destination, store.entries()))
+        checks = status(loaded.destination, _recorded_for(loaded, manifest))
         if json_output:
             _print_json(checks_to_json(checks))
         else:
             for line in check_lines(checks):
                 _out(line)
             _out(checks_summary(checks, "status of"))
+
+
+def _recorded_for(loaded: Manifest, manifest: Path) -> dict[str, StateEntry]:
+    """What the state records for this manifest's studies (every shard's too).
+
+    Raises:
+        StateError: the destination is not a folder.
+        ChecksumMismatch: nothing is recorded for the manifest: a check of nothing
+            must not read as success.
+    """
+    destination = loaded.destination
+    if destination.exists() and not destination.is_dir():
+        raise StateError(
+            f"the destination {destination} is not a folder",
+            hint=f"check `destination:` in {manifest}",
+        )
+    with _open_state(loaded, create=False) as store:
+        entries = all_entries(destination, store.entries())
+    studies = tuple(study.accession + "/" for study in loaded.studies)
+    mine = {path: entry for path, entry in entries.items() if path.startswith(studies)}
+    if not mine:
+        from .errors import ChecksumMismatch
+
+        raise ChecksumMismatch(
+            f"nothing is recorded for {manifest} in {destination}: it has not been "
+            "applied there yet, so there is nothing to check",
+            hint=f"run `immsync apply {manifest}` first",
+        )
+    return mine
 
 
 @app.command("verify")
@@ -779,8 +807,7 @@ def verify_command(manifest: ManifestArg, json_output: JsonOpt = False) -> None:
     """
     with _errors_to_exit_codes():
         loaded = load_manifest(manifest)
-        with _open_state(loaded, create=False) as store:
-            checks = verify(loaded.destination, all_entries(loaded.destination, store.entries()))
+        checks = verify(loaded.destination, _recorded_for(loaded, manifest))
         if json_output:
             _print_json(checks_to_json(checks))
         else:

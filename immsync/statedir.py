@@ -160,6 +160,11 @@ def _destination_is_shared(destination: Path, *, create: bool) -> bool:
             f"cannot read the destination {destination}: {exc.strerror or exc}",
             hint="check the manifest's destination and its permissions",
         ) from None
+    if not stat.S_ISDIR(st.st_mode):
+        raise StateError(
+            f"the destination {destination} is not a folder",
+            hint="check `destination:` in the manifest",
+        )
     return bool(st.st_mode & _SHARED_WRITE)
 
 
