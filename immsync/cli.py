@@ -14,6 +14,7 @@ import logging.config
 import netrc
 import os
 import re
+import shlex
 import signal
 import sys
 import threading
@@ -186,6 +187,8 @@ class Environment:
 class _Context:
     verbose: int = 0
     quiet: bool = False
+    manifest: Path | None = None
+    """The manifest of the running command, named in hints in place of ``MANIFEST``."""
 
 
 _ctx = _Context()
@@ -282,7 +285,7 @@ def _errors_to_exit_codes() -> Iterator[None]:
         os.close(devnull)
         raise typer.Exit(int(ExitCode.BROKEN_PIPE)) from None
     except ImmsyncError as exc:
-        typer.echo(f"error: {exc}", err=True)
+        typer.echo(f"error: {_with_manifest_named(str(exc))}", err=True)
         raise typer.Exit(int(exc.exit_code)) from None
     except KeyboardInterrupt as exc:
         # Outside the transfers (listing, planning, verifying) nothing is half-written:
@@ -295,6 +298,18 @@ def _errors_to_exit_codes() -> Iterator[None]:
         )
         code = ExitCode.TERMINATED if terminated else ExitCode.INTERRUPTED
         raise typer.Exit(int(code)) from None
+
+
+def _load(manifest: Path) -> Manifest:
+    _ctx.manifest = manifest
+    return load_manifest(manifest)
+
+
+def _with_manifest_named(text: str) -> str:
+    """Hints say ``immsync apply MANIFEST``; name the manifest this command was given."""
+    if _ctx.manifest is None:
+        return text
+    return text.replace(" MANIFEST`", f" {shlex.quote(str(_ctx.manifest))}`")
 
 
 class _Terminated(KeyboardInterrupt):
@@ -323,7 +338,7 @@ def validate(manifest: ManifestArg) -> None:
     Example: immsync validate examples/manifest.yaml
     """
     with _errors_to_exit_codes():
-        loaded = load_manifest(manifest)
+        loaded = _load(manifest)
         _out(
             f"{manifest}: valid ({len(loaded.studies)} studies, destination "
             f"{loaded.destination})"
@@ -357,7 +372,7 @@ def plan(
     Example: immsync plan examples/manifest.yaml --json --detailed-exitcode
     """
     with _errors_to_exit_codes():
-        loaded = load_manifest(manifest)
+        loaded = _load(manifest)
         env = Environment.read(os.environ)
         client = _connect(env, api_key_file, password_stdin, allow_insecure_http)
         pinned = find_lock(lock_path(manifest))
@@ -558,7 +573,7 @@ def apply(
     events = EventStream(typer.echo) if json_output else None
     out = _ApplyOutput(events, summary_file)
     with _errors_to_exit_codes(), out.closing_errors():
-        loaded = load_manifest(manifest)
+        loaded = _load(manifest)
         shard = Shard.parse(shard_text) if shard_text is not None else None
         if shard is not None and (prune or rebuild_state):
             raise UsageError(
@@ -758,7 +773,7 @@ def status_command(manifest: ManifestArg, json_output: JsonOpt = False) -> None:
     Example: immsync status examples/manifest.yaml --json
     """
     with _errors_to_exit_codes():
-        loaded = load_manifest(manifest)
+        loaded = _load(manifest)
         checks = status(loaded.destination, _recorded_for(loaded, manifest))
         if json_output:
             _print_json(checks_to_json(checks))
@@ -806,7 +821,7 @@ def verify_command(manifest: ManifestArg, json_output: JsonOpt = False) -> None:
     Example: immsync verify examples/manifest.yaml
     """
     with _errors_to_exit_codes():
-        loaded = load_manifest(manifest)
+        loaded = _load(manifest)
         checks = verify(loaded.destination, _recorded_for(loaded, manifest))
         if json_output:
             _print_json(checks_to_json(checks))
@@ -839,7 +854,7 @@ def lock_command(
     Example: immsync lock examples/manifest.yaml
     """
     with _errors_to_exit_codes():
-        loaded = load_manifest(manifest)
+        loaded = _load(manifest)
         env = Environment.read(os.environ)
         client = _connect(env, api_key_file, password_stdin, allow_insecure_http)
         remote = survey_remote(loaded, client.catalog)
@@ -892,7 +907,7 @@ def merge_shards_command(
     Example: immsync merge-shards examples/manifest.yaml
     """
     with _errors_to_exit_codes():
-        loaded = load_manifest(manifest)
+        loaded = _load(manifest)
         if not existing_shards(loaded.destination):
             _out(f"no shard states to merge in {loaded.destination}")
             return
@@ -971,6 +986,8 @@ class _ApplyOutput:
         try:
             yield
         except ImmsyncError as exc:
+            if exc.hint:
+                exc.hint = _with_manifest_named(exc.hint)
             if not self._summarised:
                 if self.events is not None:
                     self.events.error(exc)

@@ -32,8 +32,8 @@ _SQLITE_SIDECARS = ("-journal", "-wal", "-shm")
 STATE_FILENAME = "state.sqlite"
 
 _REBUILD_HINT = (
-    "move {path} aside and run `immsync apply --rebuild-state MANIFEST` to re-create it "
-    "from the files on disk (they are re-hashed, not re-downloaded)"
+    "run `immsync apply --rebuild-state MANIFEST`: it sets {path} aside and records "
+    "the files on disk again (re-hashed against upstream, not re-downloaded)"
 )
 
 # SQLite error names that mean trouble with the disk or permissions, not a bad file.

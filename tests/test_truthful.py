@@ -45,3 +45,20 @@ class TestNothingRecorded:
         result = world.run(command, str(world.manifest_path))
         assert result.exit_code == ExitCode.LOCAL, result.output
         assert f"the destination {world.dest} is not a folder" in result.stderr
+
+
+class TestHintsNameTheRealManifest:
+    def test_a_corrupt_state_hint_names_the_manifest_and_no_manual_step(
+        self, world: World
+    ) -> None:
+        world.write_manifest(SDY1)
+        assert world.apply().exit_code == 0
+        (world.dest / ".immsync" / "state.sqlite").write_bytes(b"not a database" * 100)
+        for extra in ((), ("--json",)):
+            result = world.apply(*extra)
+            assert result.exit_code == ExitCode.LOCAL, result.output
+            expected = f"run `immsync apply --rebuild-state {world.manifest_path}`"
+            assert expected in result.output
+            assert "MANIFEST" not in result.output and "move " not in result.output
+        rebuilt = world.apply("--rebuild-state")
+        assert rebuilt.exit_code == 0, rebuilt.output
