@@ -35,7 +35,7 @@ from rich.console import Console
 from . import __version__
 from .check import FileState, status, verify
 from .errors import ExitCode, ImmsyncError, LockDrift, StateError, SyncFailed, UsageError
-from .events import EventReporter, EventStream, TeeReporter, write_summary_file
+from .events import EventReporter, EventStream, TeeReporter, error_to_json, write_summary_file
 from .lock import DestinationLock
 from .lockfile import (
     LockFile,
@@ -312,6 +312,24 @@ def _with_manifest_named(text: str) -> str:
     return text.replace(" MANIFEST`", f" {shlex.quote(str(_ctx.manifest))}`")
 
 
+@contextmanager
+def _json_error_document(enabled: bool) -> Iterator[threading.Event]:
+    """With --json, a failure before the answer was printed prints ``{"error": ...}``.
+
+    Set the event once the answer is out: a failure after it (problems the answer
+    already lists) adds no second document.
+    """
+    answered = threading.Event()
+    try:
+        yield answered
+    except ImmsyncError as exc:
+        if enabled and not answered.is_set():
+            if exc.hint:
+                exc.hint = _with_manifest_named(exc.hint)
+            _print_json({"error": error_to_json(exc)})
+        raise
+
+
 class _Terminated(KeyboardInterrupt):
     """SIGTERM, raised like Ctrl-C so that the same clean-up runs (see ``main``)."""
 
@@ -371,7 +389,7 @@ def plan(
 
     Example: immsync plan examples/manifest.yaml --json --detailed-exitcode
     """
-    with _errors_to_exit_codes():
+    with _errors_to_exit_codes(), _json_error_document(json_output) as answered:
         loaded = _load(manifest)
         env = Environment.read(os.environ)
         client = _connect(env, api_key_file, password_stdin, allow_insecure_http)
@@ -394,6 +412,7 @@ def plan(
             )
         if json_output:
             extra = {"lock_drift": [d.to_json() for d in drift]} if pinned is not None else {}
+            answered.set()
             for chunk in iter_plan_json(
                 found.plan, problems=found.remote.problems, extra=extra
             ):
@@ -623,7 +642,7 @@ def apply(
                     transport=transport.value if transport else None,
                 )
         if received:
-            _interrupted(report, received[0], out)
+            _interrupted(report, received[0], out, found.remote.problems)
         _finish_apply(report, found.remote.problems, out, prune)
 
 
@@ -725,7 +744,9 @@ def _set_aside_broken_state(path: Path) -> None:
 def _finish_apply(
     report: Report, problems: tuple[str, ...], out: _ApplyOutput, prune: bool
 ) -> None:
-    out.summary(report, problems)
+    failures = tuple(f"{f.path}: {f.error}" for f in report.failures)
+    exit_code = ExitCode.TRANSFER if failures else ExitCode.REMOTE if problems else ExitCode.OK
+    out.summary(report, problems, exit_code=exit_code)
     if out.events is None:
         if report.dry_run:
             for line in plan_lines(report.plan):
@@ -733,7 +754,6 @@ def _finish_apply(
             _out(plan_summary(report.plan, prune=prune))
         else:
             _out(report_summary(report))
-    failures = tuple(f"{f.path}: {f.error}" for f in report.failures)
     if failures:
         raise SyncFailed(
             f"{len(failures)} file(s) could not be synced; every other file was kept and "
@@ -751,16 +771,18 @@ def _finish_apply(
         )
 
 
-def _interrupted(report: Report, signum: int, out: _ApplyOutput) -> None:
+def _interrupted(
+    report: Report, signum: int, out: _ApplyOutput, problems: tuple[str, ...]
+) -> None:
     done = [o for o in report.outcomes if o.ok]
     remaining = len(report.plan.to_fetch) - len(done)
-    out.summary(report, ())
+    code = ExitCode.TERMINATED if signum == signal.SIGTERM else ExitCode.INTERRUPTED
+    out.summary(report, problems, exit_code=code, interrupted=True)
     typer.echo(
         f"error: interrupted: {len(done)} file(s) were completed and recorded, "
         f"{remaining} remain; run the same command again to resume",
         err=True,
     )
-    code = ExitCode.TERMINATED if signum == signal.SIGTERM else ExitCode.INTERRUPTED
     raise typer.Exit(int(code))
 
 
@@ -772,7 +794,7 @@ def status_command(manifest: ManifestArg, json_output: JsonOpt = False) -> None:
 
     Example: immsync status examples/manifest.yaml --json
     """
-    with _errors_to_exit_codes():
+    with _errors_to_exit_codes(), _json_error_document(json_output):
         loaded = _load(manifest)
         checks = status(loaded.destination, _recorded_for(loaded, manifest))
         if json_output:
@@ -820,7 +842,7 @@ def verify_command(manifest: ManifestArg, json_output: JsonOpt = False) -> None:
 
     Example: immsync verify examples/manifest.yaml
     """
-    with _errors_to_exit_codes():
+    with _errors_to_exit_codes(), _json_error_document(json_output):
         loaded = _load(manifest)
         checks = verify(loaded.destination, _recorded_for(loaded, manifest))
         if json_output:
@@ -970,11 +992,20 @@ class _ApplyOutput:
                 "plan", {"plan": plan_to_json(found.plan, problems=found.remote.problems)}
             )
 
-    def summary(self, report: Report, problems: tuple[str, ...]) -> None:
+    def summary(
+        self,
+        report: Report,
+        problems: tuple[str, ...],
+        *,
+        exit_code: int,
+        interrupted: bool = False,
+    ) -> None:
         self._summarised = True
         if self.events is None and self.summary_file is None:
             return
-        document = report_to_json(report, problems=problems)
+        document = report_to_json(
+            report, problems=problems, exit_code=exit_code, interrupted=interrupted
+        )
         if self.events is not None:
             self.events.summary(document)
         if self.summary_file is not None:
@@ -992,12 +1023,7 @@ class _ApplyOutput:
                 if self.events is not None:
                     self.events.error(exc)
                 if self.summary_file is not None:
-                    error = {
-                        "exit_code": int(exc.exit_code),
-                        "message": exc.message,
-                        "hint": exc.hint,
-                    }
-                    write_summary_file(self.summary_file, {"error": error})
+                    write_summary_file(self.summary_file, {"error": error_to_json(exc)})
             raise
 
 

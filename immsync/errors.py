@@ -47,15 +47,20 @@ class ImmsyncError(Exception):
 
     exit_code: ExitCode = ExitCode.INTERNAL
 
-    def __init__(self, message: str, *, hint: str | None = None) -> None:
+    def __init__(
+        self, message: str, *, hint: str | None = None, details: tuple[str, ...] = ()
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.hint = hint
+        self.details = details
+        """One line per finding (manifest problems, files that failed, drift), if any."""
 
     def __str__(self) -> str:
+        lines = [self.message, *(f"  {d}" for d in self.details)]
         if self.hint:
-            return f"{self.message}\nhint: {self.hint}"
-        return self.message
+            lines.append(f"hint: {self.hint}")
+        return "\n".join(lines)
 
 
 class ManifestError(ImmsyncError):
@@ -66,14 +71,11 @@ class ManifestError(ImmsyncError):
     def __init__(
         self, message: str, *, problems: tuple[str, ...] = (), hint: str | None = None
     ) -> None:
-        super().__init__(message, hint=hint)
-        self.problems = problems
+        super().__init__(message, hint=hint, details=problems)
 
-    def __str__(self) -> str:
-        lines = [self.message, *(f"  {p}" for p in self.problems)]
-        if self.hint:
-            lines.append(f"hint: {self.hint}")
-        return "\n".join(lines)
+    @property
+    def problems(self) -> tuple[str, ...]:
+        return self.details
 
 
 class UsageError(ImmsyncError):
@@ -184,14 +186,11 @@ class LockDrift(ImmsyncError):
     def __init__(
         self, message: str, *, drift: tuple[str, ...] = (), hint: str | None = None
     ) -> None:
-        super().__init__(message, hint=hint)
-        self.drift = drift
+        super().__init__(message, hint=hint, details=drift)
 
-    def __str__(self) -> str:
-        lines = [self.message, *(f"  {d}" for d in self.drift)]
-        if self.hint:
-            lines.append(f"hint: {self.hint}")
-        return "\n".join(lines)
+    @property
+    def drift(self) -> tuple[str, ...]:
+        return self.details
 
 
 class SyncFailed(ImmsyncError):
@@ -205,12 +204,9 @@ class SyncFailed(ImmsyncError):
         failures: tuple[str, ...] = (),
         hint: str | None = None,
     ) -> None:
-        super().__init__(message, hint=hint)
+        super().__init__(message, hint=hint, details=failures)
         self.exit_code = exit_code
-        self.failures = failures
 
-    def __str__(self) -> str:
-        lines = [self.message, *(f"  {f}" for f in self.failures)]
-        if self.hint:
-            lines.append(f"hint: {self.hint}")
-        return "\n".join(lines)
+    @property
+    def failures(self) -> tuple[str, ...]:
+        return self.details

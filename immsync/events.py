@@ -100,10 +100,19 @@ class EventStream:
 
     def error(self, exc: ImmsyncError) -> None:
         """The closing event of a run that failed before it could summarise."""
-        self.emit(
-            "error",
-            {"exit_code": int(exc.exit_code), "message": exc.message, "hint": exc.hint},
-        )
+        self.emit("error", error_to_json(exc))
+
+
+def error_to_json(exc: ImmsyncError) -> dict[str, Any]:
+    """An error as machine-readable output: code, message, hint, and each finding."""
+    doc: dict[str, Any] = {
+        "exit_code": int(exc.exit_code),
+        "message": exc.message,
+        "hint": exc.hint,
+    }
+    if exc.details:
+        doc["problems"] = list(exc.details)
+    return doc
 
 
 class _Reporter(Protocol):

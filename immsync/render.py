@@ -111,10 +111,18 @@ def plan_lines(plan: Plan) -> list[str]:
 # -- apply -----------------------------------------------------------------------------
 
 
-def report_to_json(report: Report, *, problems: Sequence[str] = ()) -> dict[str, Any]:
+def report_to_json(
+    report: Report,
+    *,
+    problems: Sequence[str] = (),
+    exit_code: int = 0,
+    interrupted: bool = False,
+) -> dict[str, Any]:
     return {
         "plan": plan_to_json(report.plan, problems=problems),
         "result": {
+            "exit_code": exit_code,
+            "interrupted": interrupted,
             "dry_run": report.dry_run,
             "counts": report.counts(),
             "bytes_transferred": report.bytes_transferred,

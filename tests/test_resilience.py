@@ -491,7 +491,8 @@ class TestInterruption:
         world.write_manifest(SDY1_FLOW_AND_STUDY)
         # 2 MB/s: the three small .fcs files (path order) arrive, then zz_big.bin crawls.
         world.configure_aspera(rate_limit=2 * 1024 * 1024)
-        proc = start_apply(world, "--jobs", "1", new_session=True)
+        summary = world.root / "summary.json"
+        proc = start_apply(world, "--jobs", "1", "--summary-file", str(summary), new_session=True)
         try:
             wait_for(lambda: partial_size(world, BIG) > 0, "the big file to start arriving")
             if signum == signal.SIGINT:
@@ -506,6 +507,9 @@ class TestInterruption:
         assert returncode == code, err
         assert "interrupted: 3 file(s) were completed and recorded, 2 remain" in err
         assert "run the same command again to resume" in err
+        result = json.loads(summary.read_text())["result"]
+        assert (result["exit_code"], result["interrupted"]) == (code, True)
+        assert result["counts"]["download"] == 3  # what was done before, not zeros
         sessions = world.sessions()
         assert sessions, "the interrupted ascp logged nothing"
         assert not [s["pid"] for s in sessions if pid_alive(s["pid"])]

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 from conftest import World
 
@@ -62,3 +65,39 @@ class TestHintsNameTheRealManifest:
             assert "MANIFEST" not in result.output and "move " not in result.output
         rebuilt = world.apply("--rebuild-state")
         assert rebuilt.exit_code == 0, rebuilt.output
+
+
+class TestJsonTellsTheWholeTruth:
+    BAD = "version: 1\ndestination: data\nstudies:\n  - accession: sdy1\n    paths: [/abs]\n"
+
+    @pytest.mark.parametrize("command", ["plan", "apply", "status", "verify"])
+    def test_an_invalid_manifest_gives_a_json_error_listing_every_problem(
+        self, world: World, command: str
+    ) -> None:
+        world.manifest_path.write_text(self.BAD)
+        result = world.run(command, str(world.manifest_path), "--json")
+        assert result.exit_code == ExitCode.USAGE, result.output
+        lines = [line for line in result.stdout.splitlines() if line.strip()]
+        doc = json.loads(result.stdout) if command != "apply" else json.loads(lines[-1])
+        error = doc["error"] if command != "apply" else doc
+        assert error["exit_code"] == ExitCode.USAGE
+        problems = "\n".join(error["problems"])
+        assert ":4:" in problems and ":5:" in problems, problems  # each with its line
+
+    def test_a_plan_that_cannot_list_prints_its_answer_once(self, world: World) -> None:
+        world.write_manifest("  - accession: SDY1\n    paths: [NoSuchFolder]\n")
+        result = world.run("plan", str(world.manifest_path), "--json")
+        assert result.exit_code == ExitCode.REMOTE
+        doc = json.loads(result.stdout)  # one document: the plan, naming the problem
+        assert doc["problems"] and "error" not in doc
+
+    def test_the_summary_carries_the_exit_code(self, world: World, tmp_path: Path) -> None:
+        world.write_manifest("  - accession: SDY1\n    paths: [StudyFiles, NoSuchFolder]\n")
+        summary = tmp_path / "summary.json"
+        result = world.apply("--json", "--summary-file", str(summary))
+        assert result.exit_code == ExitCode.REMOTE
+        last = json.loads(result.stdout.splitlines()[-1])
+        assert last["type"] == "summary"
+        for doc in (last, json.loads(summary.read_text())):
+            assert doc["result"]["exit_code"] == ExitCode.REMOTE
+            assert doc["result"]["interrupted"] is False
