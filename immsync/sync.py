@@ -58,6 +58,7 @@ from .model import (
     StateEntry,
     Transfer,
     TransferBatch,
+    file_type_of,
 )
 from .paths import resolve_inside, unsafe_reason
 from .plan import make_plan, needs_hash
@@ -197,9 +198,11 @@ def survey_remote(
                 listed.add(remote.path)
                 if not manifest_mod.selects(study, remote.path[len(prefix) :]):
                     continue
-                if study.takes_type(remote.file_type):
+                # The legacy listing names no types: a file's place in the study does.
+                kind = remote.file_type or file_type_of(remote.path)
+                if study.takes_type(kind):
                     selected[remote.path] = remote
-                elif remote.file_type == "archive_file":
+                elif kind == "archive_file":
                     archived[remote.path] = remote.size
         if archived:
             total = sum(archived.values())

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any, NoReturn
 
 from ..errors import ApiError, RemoteNotFound, UnsafePath, UsageError
-from ..model import RemoteFile, file_type_of
+from ..model import RemoteFile
 from .api import Api
 from .wire import json_type
 
@@ -173,8 +173,7 @@ class LegacyListing:
             if remote_form(top.self_entry.path) != start:
                 refuse(top.self_entry.path, f"a listing of {start} describes another path", start)
                 return []
-            entry = top.self_entry
-            return [RemoteFile(start[1:], entry.size, entry.mtime, None, file_type_of(start[1:]))]
+            return [RemoteFile(start[1:], top.self_entry.size, top.self_entry.mtime)]
 
         files: dict[str, RemoteFile] = {}
         seen: set[str] = set()
@@ -198,9 +197,7 @@ class LegacyListing:
                 if item.type == "directory":
                     folders.append(path)
                 elif item.type == "file":
-                    # The legacy listing names no types: its place in the study does.
-                    kind = file_type_of(path[1:])
-                    files[path] = RemoteFile(path[1:], item.size, item.mtime, None, kind)
+                    files[path] = RemoteFile(path[1:], item.size, item.mtime)
                 else:
                     log.warning("skipping ImmPort entry %s of unknown type %r", path, item.type)
             return folders
