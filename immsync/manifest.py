@@ -196,6 +196,7 @@ def _interpret(path: Path, data: dict[str, Any]) -> model.Manifest:
             paths=tuple(_normalise(p) for p in study.get("paths", ())),
             include=tuple(study.get("include", ())),
             exclude=tuple(study.get("exclude", ())),
+            file_types=_file_types(study.get("file_types")),
         )
         for study in data["studies"]
     )
@@ -207,6 +208,13 @@ def _interpret(path: Path, data: dict[str, Any]) -> model.Manifest:
         studies=studies,
         transport=data.get("transport"),
     )
+
+
+def _file_types(written: list[str] | None) -> tuple[str, ...]:
+    if written is None:
+        return model.DEFAULT_FILE_TYPES
+    # In one canonical order, so that two manifests meaning the same compare equal.
+    return tuple(t for t in model.FILE_TYPES if t in written)
 
 
 def _normalise(path: str) -> str:
@@ -459,6 +467,8 @@ class _Checker:
                         self.add(self._locate(path), path, f"missing required key {name!r}")
             elif error.validator == "additionalProperties":
                 self._unknown_keys(error, path)
+            elif error.validator == "uniqueItems":
+                self._repeated_items(error, path)
             else:
                 self.add(self._locate(path), path, self._explain(error, path, data))
 
@@ -481,6 +491,19 @@ class _Checker:
                 f"unknown key {shown}{guess}; allowed keys: {', '.join(allowed)}",
             )
 
+    def _repeated_items(self, error: ValidationError, path: _Path) -> None:
+        items = error.instance if isinstance(error.instance, list) else []
+        first: dict[Any, yaml.Node] = {}
+        for i, value in enumerate(items):
+            try:
+                earlier = first.setdefault(value, self._locate((*path, i)))
+            except TypeError:  # a list or mapping where a value belongs: reported apart
+                continue
+            node = self._locate((*path, i))
+            if earlier is not node:
+                line = earlier.start_mark.line + 1
+                self.add(node, (*path, i), f"{_text(value, node)} is already listed at line {line}")
+
     def _explain(self, error: ValidationError, path: _Path, data: Any) -> str:
         value = error.instance
         node = self._locate(path)
@@ -496,6 +519,8 @@ class _Checker:
             return _EMPTY_LIST.get(name, "must not be empty")
         if kind == "enum" and name == "transport":
             return f"unknown transport {_text(value, node)}: use ascp, https or auto"
+        if kind == "enum" and name == "file_types":
+            return _file_type_message(value, node)
         if kind == "pattern" and isinstance(value, str):
             return (
                 f"{_show(value)} is not a study accession: "
@@ -678,7 +703,19 @@ _EMPTY_LIST = {
     "paths": "must list at least one path; leave out 'paths' to take the whole study",
     "include": "must list at least one pattern; leave out 'include' to take every file",
     "exclude": "must list at least one pattern; leave out 'exclude' to exclude nothing",
+    "file_types": (
+        "must list at least one file type; leave out 'file_types' to take every type "
+        "but archive_file"
+    ),
 }
+
+
+def _file_type_message(value: Any, node: yaml.Node) -> str:
+    shown = _text(value, node)
+    close = difflib.get_close_matches(str(value).lower(), model.FILE_TYPES, n=1)
+    guess = f" (did you mean {close[0]!r}?)" if close else ""
+    *others, last = model.FILE_TYPES
+    return f"unknown file type {shown}{guess}; use {', '.join(others)} or {last}"
 
 
 def _syntax_message(exc: yaml.MarkedYAMLError) -> str:

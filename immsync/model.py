@@ -17,6 +17,13 @@ from enum import Enum
 from pathlib import Path
 from typing import NamedTuple, Protocol
 
+FILE_TYPES = ("study_file", "protocol_file", "result_file", "release_file", "archive_file")
+"""ImmPort's kinds of study files, as its study file manifest names them."""
+
+DEFAULT_FILE_TYPES = ("study_file", "protocol_file", "result_file", "release_file")
+"""What a study entry selects unless it says otherwise: superseded releases
+(``archive_file``) are large and rarely wanted."""
+
 
 @dataclass(frozen=True, slots=True)
 class StudySelection:
@@ -29,6 +36,15 @@ class StudySelection:
     """Glob patterns; when given, a file must match one of them."""
     exclude: tuple[str, ...] = ()
     """Glob patterns; a file matching any of them is left out."""
+    file_types: tuple[str, ...] = DEFAULT_FILE_TYPES
+    """ImmPort's types (``FILE_TYPES``) to take, in ``FILE_TYPES`` order."""
+
+    def takes_type(self, file_type: str | None) -> bool:
+        """Whether the type filter keeps a file of *file_type*.
+
+        A file of unknown type (None) is kept: its place alone decides.
+        """
+        return file_type is None or file_type in self.file_types
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,13 +59,6 @@ class Manifest:
     transport: str | None = None
     """``"ascp"``, ``"https"`` or ``"auto"`` when the manifest names one; None: the default."""
 
-
-FILE_TYPES = ("study_file", "protocol_file", "result_file", "release_file", "archive_file")
-"""ImmPort's kinds of study files, as its study file manifest names them."""
-
-DEFAULT_FILE_TYPES = ("study_file", "protocol_file", "result_file", "release_file")
-"""What a study entry selects unless it says otherwise: superseded releases
-(``archive_file``) are large and rarely wanted."""
 
 _TYPE_BY_FOLDER = {
     "StudyFiles": "study_file",

@@ -28,8 +28,9 @@ def make_plan(
             touched this run (for example below a folder whose listing failed).
         observed: local files by path; None or absent means missing. ``checksum`` is
             expected wherever the fingerprint differs from the recorded one.
-        listed: every remote path seen before the manifest's include/exclude filters,
-            so a DELETE can say whether the file was filtered out or removed upstream.
+        listed: every remote path seen before the manifest's filters (include, exclude,
+            file_types), so a DELETE can say whether the file was filtered out or removed
+            upstream.
         notes: facts to carry into the plan for the user.
 
     Returns:
@@ -44,7 +45,7 @@ def make_plan(
         if remote is None:
             assert entry is not None
             reason = (
-                "filtered out by the manifest's include/exclude"
+                "filtered out by the manifest's include/exclude/file_types"
                 if path in listed_set
                 else "no longer selected by the manifest, or removed upstream"
             )

@@ -58,6 +58,7 @@ from .model import (
     StateEntry,
     Transfer,
     TransferBatch,
+    file_type_of,
 )
 from .paths import resolve_inside, unsafe_reason
 from .plan import make_plan, needs_hash
@@ -132,7 +133,7 @@ class RemoteView:
 
     selected: dict[str, RemoteFile]
     listed: frozenset[str]
-    """Every remote path seen, before include/exclude filters."""
+    """Every remote path seen, before the filters (include, exclude, file_types)."""
     failed_roots: tuple[str, ...]
     """Destination-relative roots that could not be listed: their records are left alone."""
     problems: tuple[str, ...]
@@ -147,6 +148,11 @@ def survey_remote(
 ) -> RemoteView:
     """List every root the manifest names and keep the files its filters select.
 
+    A file is kept when its place is (paths, include, exclude) and its type is one of
+    the study's ``file_types``; a file of unknown type is kept by its place alone.
+    Archived releases that only the type filter left out are counted, per study, in a
+    note saying how to take them.
+
     A root that does not exist or cannot be listed becomes a *problem*, not an
     exception, so that the rest of the manifest still syncs. Refused credentials stop
     everything (raised), since no other root could succeed either.
@@ -158,11 +164,15 @@ def survey_remote(
     listed: set[str] = set()
     failed: list[str] = []
     problems: list[str] = []
+    notes: list[str] = []
 
     def refuse(path: str, reason: str) -> None:
         problems.append(f"refused remote entry {path!r}: {reason}")
 
     for study in manifest.studies:
+        # The size of each archived release only the type filter left out, by path (two
+        # overlapping paths of the manifest may list a file twice).
+        archived: dict[str, int] = {}
         for root in manifest_mod.study_roots(study):
             relative_root = root.strip("/")
             try:
@@ -186,18 +196,44 @@ def survey_remote(
                     refuse(remote.path, reason)
                     continue
                 listed.add(remote.path)
-                if manifest_mod.selects(study, remote.path[len(prefix) :]):
+                if not manifest_mod.selects(study, remote.path[len(prefix) :]):
+                    continue
+                # The legacy listing names no types: a file's place in the study does.
+                kind = remote.file_type or file_type_of(remote.path)
+                if study.takes_type(kind):
                     selected[remote.path] = remote
+                elif kind == "archive_file":
+                    archived[remote.path] = remote.size
+        if archived:
+            total = sum(archived.values())
+            notes.append(_archives_left_out(study.accession, len(archived), total))
     view = RemoteView(
         selected=selected,
         listed=frozenset(listed),
         failed_roots=tuple(failed),
         problems=tuple(problems),
-        notes=(),
+        notes=tuple(notes),
     )
     if checksums:
         view = with_checksums(view, catalog, [s.accession for s in manifest.studies])
     return view
+
+
+def _archives_left_out(accession: str, count: int, size: int) -> str:
+    releases = "archived data release" if count == 1 else "archived data releases"
+    return (
+        f"{accession}: {count} {releases} (archive/, {_size_text(size)}) left out; "
+        "add archive_file to file_types to include them"
+    )
+
+
+def _size_text(n: float) -> str:
+    """Bytes in 1024-based units, as the rest of the output shows them: ``1.2 GiB``."""
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024:
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"
 
 
 def with_checksums(
@@ -283,7 +319,7 @@ def _with_checksum(
             f"{remote.size}; its MD5 is not used"
         )
         return remote
-    return RemoteFile(remote.path, remote.size, remote.mtime, md5)
+    return replace(remote, md5=md5)
 
 
 def observe_local(

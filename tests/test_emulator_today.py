@@ -631,7 +631,7 @@ def test_the_legacy_world_has_no_ga4gh_routes_and_keeps_its_rows(http, tree):
         assert drs_object(http, emu, auth, object_id).status_code == 404
         rows = rows_by_path(http, emu, auth)
         assert rows[PROTOCOL]["drsObjectCreated"] is True
-        assert rows["SDY1/SDY1-DR47_Tab.zip"]["fileType"] == "archive_file"
+        assert rows["SDY1/SDY1-DR47_Tab.zip"]["fileType"] == "release_file"
         key = emu.add_api_key()
         assert manifest(http, emu, bearer(key)).status_code == 200
 

@@ -134,7 +134,7 @@ RULES = [
         HEAD + "  - accession: SDY1\n    on: x\n",
         [
             "m.yaml:5:5: studies[0].on: unknown key on; "
-            "allowed keys: accession, paths, include, exclude"
+            "allowed keys: accession, paths, include, exclude, file_types"
         ],
     ),
     (
@@ -142,7 +142,7 @@ RULES = [
         HEAD + "  - accession: SDY1\n    path: [StudyFiles]\n",
         [
             "m.yaml:5:5: studies[0].path: unknown key 'path' (did you mean 'paths'?); "
-            "allowed keys: accession, paths, include, exclude"
+            "allowed keys: accession, paths, include, exclude, file_types"
         ],
     ),
     (

@@ -127,7 +127,8 @@ class TestActions:
     def test_filtered_file_delete_reason(self):
         """A recorded file still listed upstream but filtered out says so."""
         plan = make_plan({}, {"SDY1/a": entry("SDY1/a")}, {}, listed=["SDY1/a"])
-        assert only(plan, "SDY1/a").reason == "filtered out by the manifest's include/exclude"
+        reason = "filtered out by the manifest's include/exclude/file_types"
+        assert only(plan, "SDY1/a").reason == reason
 
     def test_stats_count_every_action(self):
         """stats() has a count for every action, zero where absent."""

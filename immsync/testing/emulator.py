@@ -1394,7 +1394,10 @@ def _file_type(parts: list[str]) -> str:
         return "result_file"
     if folders and folders[0] == "studyfiles":
         return "study_file"
+    # The study root holds the current data release; earlier ones are under archive/.
     if not folders:
+        return "release_file"
+    if folders[0] == "archive":
         return "archive_file"
     return "study_file"
 
