@@ -27,7 +27,7 @@ from typing import Any
 
 from . import manifest as manifest_mod
 from .errors import LocalIOError, UsageError
-from .model import Manifest, RemoteCatalog, RemoteFile
+from .model import Caveats, Manifest, RemoteCatalog, RemoteFile
 
 log = logging.getLogger(__name__)
 
@@ -326,6 +326,11 @@ class PinnedCatalog:
         on_unsafe: Callable[[str, str], None] | None = None,
     ) -> list[RemoteFile]:
         return self._catalog.walk(root, workers=workers, on_unsafe=on_unsafe)
+
+    def caveats(self, accession: str) -> Caveats:
+        caveats = self._catalog.caveats(accession)
+        pinned = {p for p, pin in self._lock.files.items() if pin.md5 is not None}
+        return caveats._replace(without_md5=caveats.without_md5 - pinned)
 
     def study_checksums(self, accession: str) -> dict[str, tuple[str, int]] | None:
         upstream = self._catalog.study_checksums(accession)

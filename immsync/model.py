@@ -11,7 +11,7 @@ without its leading slash, and the place below the destination where the file la
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
@@ -282,8 +282,20 @@ class Transfer(Protocol):
         ...
 
 
+class Caveats(NamedTuple):
+    """What a catalog knows about a study's files beyond their paths and sizes."""
+
+    unavailable: Mapping[str, str]
+    """Listed files that cannot be downloaded, with why (e.g. no DRS object yet)."""
+    without_md5: frozenset[str]
+    """Listed files for which upstream publishes no MD5: checked by size only."""
+
+
+NO_CAVEATS = Caveats({}, frozenset())
+
+
 class RemoteCatalog(Protocol):
-    """What planning needs of ImmPort: ``immsync.immport.ImmportClient`` provides it."""
+    """What planning needs of ImmPort: ``immsync.immport.StudyCatalog`` provides it."""
 
     def walk(
         self,
@@ -297,6 +309,10 @@ class RemoteCatalog(Protocol):
 
     def study_checksums(self, accession: str) -> dict[str, tuple[str, int]] | None:
         """Upstream ``(md5, size)`` by path, or None when ImmPort gives none."""
+        ...
+
+    def caveats(self, accession: str) -> Caveats:
+        """What is known to be unavailable or unverifiable in a study already walked."""
         ...
 
 

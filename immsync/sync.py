@@ -207,6 +207,19 @@ def survey_remote(
         if archived:
             total = sum(archived.values())
             notes.append(_archives_left_out(study.accession, len(archived), total))
+        caveats = catalog.caveats(study.accession)
+        for path, why in sorted(caveats.unavailable.items()):
+            if selected.pop(path, None) is not None:
+                # Like an unlisted root: its record, if any, is left alone.
+                failed.append(path)
+                problems.append(f"{path}: {why}")
+        unchecked = sum(1 for path in caveats.without_md5 if path in selected)
+        if unchecked:
+            how_many = "1 file has" if unchecked == 1 else f"{unchecked} files have"
+            notes.append(
+                f"{study.accession}: {how_many} no MD5 in ImmPort's study manifest; "
+                "checked by size only, and recorded with xxh3_128"
+            )
     view = RemoteView(
         selected=selected,
         listed=frozenset(listed),

@@ -306,3 +306,31 @@ class TestTheDemo:
         assert result.returncode == 0, result.stdout + result.stderr
         assert "Today's ImmPort" in result.stdout
         assert "The second apply sent 2 request(s), 2 of them study manifests" in result.stdout
+
+
+class TestRowsThatCannotBeFullyServed:
+    def test_a_row_without_md5_is_checked_by_size_and_noted(self, today: World) -> None:
+        today.emulator.manifest_null_md5 = {DESIGN}
+        today.write_manifest(WANTED)
+        plan = today.run("plan", str(today.manifest_path), "--json").json()
+        assert "SDY1: 1 file has no MD5 in ImmPort's study manifest" in "\n".join(plan["notes"])
+        result = today.apply("--transport", "https")
+        assert result.exit_code == 0, result.output
+        entry = recorded(today)[DESIGN]
+        assert entry.remote_md5 is None and entry.checksum.startswith("xxh3_128:")
+        assert (today.dest / DESIGN).read_bytes() == (today.remote / DESIGN).read_bytes()
+
+    def test_a_row_without_a_drs_object_is_reported_and_the_rest_syncs(
+        self, today: World
+    ) -> None:
+        today.write_manifest(WANTED)
+        assert today.apply("--transport", "https").exit_code == 0
+        today.emulator.manifest_no_drs = {DESIGN, FCS}
+        (today.remote / FCS).write_bytes(b"a new version nobody can download yet")
+        result = today.apply("--transport", "https", "--prune")
+        assert result.exit_code == ExitCode.REMOTE, result.output
+        assert f"{FCS}: ImmPort lists it but has not made it downloadable yet" in result.stderr
+        # Neither is deleted or replaced: their records and files stay as they were.
+        assert DESIGN in recorded(today) and FCS in recorded(today)
+        assert (today.dest / FCS).exists()
+        assert (today.dest / FCS).read_bytes() != (today.remote / FCS).read_bytes()

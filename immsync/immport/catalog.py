@@ -24,7 +24,7 @@ from typing import Any, NamedTuple
 from urllib.parse import quote
 
 from ..errors import ApiError, AuthError, RemoteNotFound, UsageError
-from ..model import FILE_TYPES, RemoteFile, StudyFile, file_type_of
+from ..model import FILE_TYPES, NO_CAVEATS, Caveats, RemoteFile, StudyFile, file_type_of
 from ..paths import unsafe_reason
 from .api import Api
 from .listing import LegacyListing, positive_setting, remote_form
@@ -199,6 +199,22 @@ class StudyCatalog:
             key = (name, bool(slash))
             totals[key] = totals.get(key, 0) + (row.size or 0)
         return sorted((name, folder, size) for (name, folder), size in totals.items())
+
+    def caveats(self, accession: str) -> Caveats:
+        """Rows ImmPort says have no DRS object, and rows without an MD5 (manifest only)."""
+        contents = self._contents.get(accession)
+        if contents is None or contents.source != "manifest":
+            return NO_CAVEATS
+        unavailable = {
+            row.path: "ImmPort lists it but has not made it downloadable yet "
+            "(drsObjectCreated is N); it was not fetched"
+            for row in contents.rows
+            if row.path is not None and not row.drs
+        }
+        without_md5 = frozenset(
+            row.path for row in contents.rows if row.path is not None and row.md5 is None
+        )
+        return Caveats(unavailable, without_md5)
 
     def source_of(self, accession: str) -> str | None:
         """``"manifest"`` or ``"listing"`` for a study already read, else None."""
