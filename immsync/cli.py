@@ -78,7 +78,7 @@ from .shard import (
 )
 from .state import STATE_DIRNAME, StateStore, state_path
 from .statedir import private_folder
-from .sync import Applier, Survey, SyncOptions, survey, survey_remote
+from .sync import Applier, Survey, SyncOptions, check_prune, survey, survey_remote
 from .transports import Choice, choose_transport
 
 if TYPE_CHECKING:
@@ -262,6 +262,23 @@ InsecureHttpOpt = Annotated[
         rich_help_panel=_ACCESS,
     ),
 ]
+PruneOpt = Annotated[
+    bool,
+    typer.Option(
+        "--prune",
+        help="Delete recorded files the manifest no longer selects (without it they "
+        "are kept, and reported).",
+        rich_help_panel="Deleting",
+    ),
+]
+MaxDeleteOpt = Annotated[
+    str,
+    typer.Option(
+        metavar="N|N%",
+        help="With --prune: refuse to delete more than N files, or N% of those recorded.",
+        rich_help_panel="Deleting",
+    ),
+]
 ChecksumOpt = Annotated[
     bool,
     typer.Option(
@@ -372,9 +389,11 @@ def plan(
         typer.Option(
             "--detailed-exitcode",
             help="Exit 0 when there is nothing to do, 10 when changes are pending "
-            "(errors keep their own codes).",
+            "(errors keep their own codes). With --prune, deletions count.",
         ),
     ] = False,
+    prune: PruneOpt = False,
+    max_delete: MaxDeleteOpt = "50%",
     api_key_file: ApiKeyFileOpt = None,
     password_stdin: PasswordStdinOpt = False,
     allow_insecure_http: InsecureHttpOpt = False,
@@ -397,7 +416,11 @@ def plan(
         with open_main_with_shards(loaded.destination) as store:
             # Drift from a lock file includes MD5s: compare every one.
             found = survey(
-                loaded, client.catalog, store, all_checksums=checksum or pinned is not None
+                loaded,
+                client.catalog,
+                store,
+                all_checksums=checksum or pinned is not None,
+                prune=prune,
             )
         drift = []
         if pinned is not None:
@@ -426,6 +449,11 @@ def plan(
             ]:
                 _out(line)
             _out(plan_summary(found.plan))
+        if prune:
+            count, share = _parse_max_delete(max_delete)
+            check_prune(
+                len(found.plan.to_delete), len(found.state), max_count=count, max_share=share
+            )
         if found.remote.problems:
             raise SyncFailed(
                 "some selected paths could not be listed:",
@@ -443,22 +471,8 @@ def apply(
     jobs: Annotated[
         int, typer.Option("--jobs", "-j", min=1, max=16, help="Transfer sessions at once.")
     ] = 2,
-    prune: Annotated[
-        bool,
-        typer.Option(
-            "--prune",
-            help="Delete recorded files the manifest no longer selects.",
-            rich_help_panel="Deleting",
-        ),
-    ] = False,
-    max_delete: Annotated[
-        str,
-        typer.Option(
-            metavar="N|N%",
-            help="With --prune: refuse to delete more than N files, or N% of those recorded.",
-            rich_help_panel="Deleting",
-        ),
-    ] = "50%",
+    prune: PruneOpt = False,
+    max_delete: MaxDeleteOpt = "50%",
     rebuild_state: Annotated[
         bool,
         typer.Option(
@@ -615,13 +629,15 @@ def apply(
             session_stagger=session_stagger,
             retry=RetryPolicy(attempts=retries + 1, base_delay=retry_wait, max_delay=60.0),
         )
-        scope = _Scope(shard, pinned, manifest, all_checksums=checksum or pinned is not None)
+        scope = _Scope(
+            shard, pinned, manifest, all_checksums=checksum or pinned is not None, prune=prune
+        )
         if dry_run:
             with scope.open_state(loaded, create=False) as store:
                 found = scope.survey(loaded, client, store)
                 report = Report(plan=found.plan, dry_run=True)
             out.plan(found)
-            _finish_apply(report, found.remote.problems, out, prune)
+            _finish_apply(report, found.remote.problems, out)
             return
         main_lock = loaded.destination / STATE_DIRNAME / "lock"
         with contextlib.ExitStack() as locks:
@@ -643,7 +659,7 @@ def apply(
                 )
         if received:
             _interrupted(report, received[0], out, found.remote.problems)
-        _finish_apply(report, found.remote.problems, out, prune)
+        _finish_apply(report, found.remote.problems, out)
 
 
 def _apply_locked(
@@ -741,9 +757,7 @@ def _set_aside_broken_state(path: Path) -> None:
     log.warning("the unreadable state was moved to %s.broken-%s", path, stamp)
 
 
-def _finish_apply(
-    report: Report, problems: tuple[str, ...], out: _ApplyOutput, prune: bool
-) -> None:
+def _finish_apply(report: Report, problems: tuple[str, ...], out: _ApplyOutput) -> None:
     failures = tuple(f"{f.path}: {f.error}" for f in report.failures)
     exit_code = ExitCode.TRANSFER if failures else ExitCode.REMOTE if problems else ExitCode.OK
     out.summary(report, problems, exit_code=exit_code)
@@ -751,7 +765,7 @@ def _finish_apply(
         if report.dry_run:
             for line in plan_lines(report.plan):
                 _out(line)
-            _out(plan_summary(report.plan, prune=prune))
+            _out(plan_summary(report.plan))
         else:
             _out(report_summary(report))
     if failures:
@@ -1036,6 +1050,8 @@ class _Scope:
     manifest_path: Path
     all_checksums: bool = False
     """Compare upstream MD5s of unchanged files too (``--checksum``, ``--frozen``)."""
+    prune: bool = False
+    """Plan deletions to carry out (``--prune``), not only to report."""
 
     @contextmanager
     def open_state(self, manifest: Manifest, *, create: bool) -> Iterator[StateStore]:
@@ -1076,6 +1092,7 @@ class _Scope:
             trust_timestamps=trust_timestamps,
             share=None if self.shard is None else share_of(self.shard),
             all_checksums=self.all_checksums,
+            prune=self.prune,
         )
         if self.pinned is not None:
             drift = [

@@ -203,11 +203,17 @@ class Plan:
     items: tuple[PlanItem, ...]
     notes: tuple[str, ...] = ()
     """Facts the user should know about how the plan was made."""
+    prune: bool = False
+    """Whether DELETE items are carried out (``--prune``) or only kept and reported."""
 
     @property
     def pending(self) -> tuple[PlanItem, ...]:
-        """Every item that is not UNCHANGED."""
-        return tuple(i for i in self.items if i.action is not Action.UNCHANGED)
+        """What ``apply`` with the same flags would do: fetches, and deletions if pruning."""
+        return tuple(
+            i
+            for i in self.items
+            if i.action in FETCH_ACTIONS or (self.prune and i.action is Action.DELETE)
+        )
 
     @property
     def to_fetch(self) -> tuple[PlanItem, ...]:
@@ -215,12 +221,24 @@ class Plan:
 
     @property
     def to_delete(self) -> tuple[PlanItem, ...]:
+        """The deletions ``apply`` carries out: none without ``prune``."""
+        return self._deletions() if self.prune else ()
+
+    @property
+    def kept(self) -> tuple[PlanItem, ...]:
+        """Recorded files no longer selected that stay, since ``prune`` is off."""
+        return () if self.prune else self._deletions()
+
+    def _deletions(self) -> tuple[PlanItem, ...]:
         return tuple(i for i in self.items if i.action is Action.DELETE)
 
     def stats(self) -> dict[str, int]:
-        """Counts per action, every action present (zero when absent)."""
+        """Counts per action (``delete``: carried out; ``kept``: left without --prune)."""
         counts = Counter(i.action for i in self.items)
-        return {a.value: counts.get(a, 0) for a in Action}
+        stats = {a.value: counts.get(a, 0) for a in Action}
+        stats["kept"] = 0 if self.prune else stats["delete"]
+        stats["delete"] = stats["delete"] if self.prune else 0
+        return stats
 
     def __bool__(self) -> bool:
         return bool(self.pending)

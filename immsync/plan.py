@@ -18,7 +18,9 @@ def make_plan(
     observed: Mapping[str, Observed | None],
     *,
     listed: Iterable[str] = (),
+    covered: Iterable[str] = (),
     notes: Iterable[str] = (),
+    prune: bool = False,
 ) -> Plan:
     """Compare what the manifest selects upstream with what is recorded and on disk.
 
@@ -31,12 +33,17 @@ def make_plan(
         listed: every remote path seen before the manifest's filters (include, exclude,
             file_types), so a DELETE can say whether the file was filtered out or removed
             upstream.
+        covered: the destination-relative roots that were listed: a recorded file below
+            one of them that was not listed has been removed upstream; one below none
+            of them is no longer selected by the manifest.
         notes: facts to carry into the plan for the user.
+        prune: whether DELETE items are carried out (see ``Plan.prune``).
 
     Returns:
         One item per path in ``selected`` or ``state``, sorted by path.
     """
     listed_set = frozenset(listed)
+    roots = tuple(covered)
     items: list[PlanItem] = []
     for path in sorted(selected.keys() | state.keys()):
         remote = selected.get(path)
@@ -44,17 +51,18 @@ def make_plan(
         local = observed.get(path)
         if remote is None:
             assert entry is not None
-            reason = (
-                "filtered out by the manifest's include/exclude/file_types"
-                if path in listed_set
-                else "no longer selected by the manifest, or removed upstream"
-            )
+            if path in listed_set:
+                reason = "filtered out by the manifest's include/exclude/file_types"
+            elif any(path == r or path.startswith(r + "/") for r in roots):
+                reason = "removed upstream"
+            else:
+                reason = "no longer selected by the manifest"
             items.append(PlanItem(Action.DELETE, path, entry.size, reason))
         elif entry is None:
             items.append(_download(remote, local))
         else:
             items.append(_compare(remote, entry, local))
-    return Plan(items=tuple(items), notes=tuple(notes))
+    return Plan(items=tuple(items), notes=tuple(notes), prune=prune)
 
 
 def _download(remote: RemoteFile, local: Observed | None) -> PlanItem:

@@ -50,10 +50,16 @@ def plan_to_json(plan: Plan, *, problems: Sequence[str] = ()) -> dict[str, Any]:
             {"action": i.action.value, "path": i.path, "size": i.size, "reason": i.reason}
             for i in plan.pending
         ],
+        "kept": _kept_json(plan),
         "summary": _summary(plan),
         "notes": list(plan.notes),
         "problems": list(problems),
     }
+
+
+def _kept_json(plan: Plan) -> list[dict[str, Any]]:
+    """Recorded files no longer selected that stay without --prune, with why."""
+    return [{"path": i.path, "size": i.size, "reason": i.reason} for i in plan.kept]
 
 
 def iter_plan_json(
@@ -71,6 +77,7 @@ def iter_plan_json(
     yield "\n  ]" if plan.pending else "]"
     rest = plan_to_json(Plan(items=(), notes=plan.notes), problems=problems)
     del rest["actions"]
+    rest["kept"] = _kept_json(plan)
     rest["summary"] = {a: n for a, n in _summary(plan).items()}
     rest.update(extra or {})
     # json.dumps(rest, indent=2) is "{\n  ...\n}": splice its body after the actions.
@@ -79,17 +86,29 @@ def iter_plan_json(
 
 def _summary(plan: Plan) -> dict[str, int]:
     stats = plan.stats()
-    return {a.value: stats[a.value] for a in (*JSON_ACTIONS, Action.UNCHANGED)}
+    summary = {a.value: stats[a.value] for a in (*JSON_ACTIONS, Action.UNCHANGED)}
+    summary["kept"] = stats["kept"]
+    return summary
 
 
-def plan_summary(plan: Plan, *, prune: bool = True) -> str:
+def plan_summary(plan: Plan) -> str:
     s = plan.stats()
-    delete = f"{s['delete']} to delete" if prune else f"{s['delete']} to delete (with --prune)"
     fetch_bytes = sum(i.size for i in plan.to_fetch)
-    return (
+    text = (
         f"Plan: {s['download']} to download, {s['update']} to update, {s['repair']} to repair, "
-        f"{delete}, {s['unchanged']} unchanged ({format_size(fetch_bytes)} to fetch)."
+        f"{s['delete']} to delete, {s['unchanged']} unchanged ({format_size(fetch_bytes)} to "
+        "fetch)."
     )
+    return text + _kept_sentence(plan)
+
+
+def _kept_sentence(plan: Plan) -> str:
+    """`` 2 files no longer selected are kept; ...`` when a run keeps some, else ``""``."""
+    kept = len(plan.kept)
+    if not kept:
+        return ""
+    files = "1 file no longer selected is" if kept == 1 else f"{kept} files no longer selected are"
+    return f" {files} kept; `--prune` removes them."
 
 
 def plan_lines(plan: Plan) -> list[str]:
@@ -99,12 +118,14 @@ def plan_lines(plan: Plan) -> list[str]:
     not something lost among the downloads.
     """
     pending = sorted(plan.pending, key=lambda i: i.action is not Action.DELETE)
-    if not pending:
+    shown = [(i.action.value, i, i.reason) for i in pending]
+    shown += [("keep", i, f"{i.reason}; kept without --prune") for i in plan.kept]
+    if not shown:
         return []
-    width = max(len(i.action.value) for i in pending)
+    width = max(len(label) for label, _, _ in shown)
     return [
-        f"  {i.action.value:<{width}}  {format_size(i.size):>10}  {i.path}  ({i.reason})"
-        for i in pending
+        f"  {label:<{width}}  {format_size(i.size):>10}  {i.path}  ({reason})"
+        for label, i, reason in shown
     ]
 
 
@@ -136,13 +157,15 @@ def report_to_json(
 def report_summary(report: Report) -> str:
     c = report.counts()
     if not report.outcomes:
-        return f"Up to date: {c['unchanged']} file(s) unchanged, nothing transferred."
-    return (
-        f"Done in {report.elapsed:.1f} s: {c['download']} downloaded, {c['update']} updated, "
-        f"{c['repair']} repaired, {c['delete']} deleted, {c['unchanged']} unchanged, "
-        f"{c['failed']} failed; {format_size(report.bytes_transferred)} transferred in "
-        f"{report.sessions} session(s)."
-    )
+        done = f"Up to date: {c['unchanged']} file(s) unchanged, nothing transferred."
+    else:
+        done = (
+            f"Done in {report.elapsed:.1f} s: {c['download']} downloaded, {c['update']} "
+            f"updated, {c['repair']} repaired, {c['delete']} deleted, {c['unchanged']} "
+            f"unchanged, {c['failed']} failed; {format_size(report.bytes_transferred)} "
+            f"transferred in {report.sessions} session(s)."
+        )
+    return done + _kept_sentence(report.plan)
 
 
 # -- status / verify -------------------------------------------------------------------

@@ -138,6 +138,8 @@ class RemoteView:
     """Destination-relative roots that could not be listed: their records are left alone."""
     problems: tuple[str, ...]
     notes: tuple[str, ...]
+    covered: tuple[str, ...] = ()
+    """Destination-relative roots that were listed: what is not in them is not selected."""
 
     def is_unlisted(self, path: str) -> bool:
         return any(path == r or path.startswith(r + "/") for r in self.failed_roots)
@@ -226,6 +228,12 @@ def survey_remote(
         failed_roots=tuple(failed),
         problems=tuple(problems),
         notes=tuple(notes),
+        covered=tuple(
+            root.strip("/")
+            for study in manifest.studies
+            for root in manifest_mod.study_roots(study)
+            if root.strip("/") not in failed
+        ),
     )
     if checksums:
         view = with_checksums(view, catalog, [s.accession for s in manifest.studies])
@@ -439,6 +447,28 @@ class Survey:
     observed: dict[str, Observed | None]
 
 
+def check_prune(
+    deletions: int, recorded: int, *, max_count: int | None, max_share: float | None
+) -> None:
+    """Refuse a prune larger than ``--max-delete`` allows (a count or a share).
+
+    Raises:
+        UsageError: too many deletions; nothing is changed.
+    """
+    limit_text = None
+    if max_count is not None and deletions > max_count:
+        limit_text = f"the limit of {max_count}"
+    elif max_share is not None and deletions > max_share * recorded:
+        limit_text = f"the limit of {max_share:.0%} of them"
+    if limit_text is not None:
+        raise UsageError(
+            f"--prune would delete {deletions} of {recorded} recorded files, "
+            f"more than {limit_text}; nothing was changed",
+            hint="check the manifest (a truncated manifest looks like this); if the "
+            "deletions are intended, raise --max-delete",
+        )
+
+
 def survey(
     manifest: Manifest,
     catalog: RemoteCatalog,
@@ -449,6 +479,7 @@ def survey(
     trust_timestamps: bool = False,
     share: Callable[[Mapping[str, RemoteFile]], Collection[str]] | None = None,
     all_checksums: bool = False,
+    prune: bool = False,
 ) -> Survey:
     """Gather the facts and make the plan.
 
@@ -492,7 +523,15 @@ def survey(
     # hashed here), so it serves both plans below.
     unobserved = (selected.keys() | state.keys()) - observed.keys()
     observed.update(observe_local(destination, state, unobserved))
-    plan = make_plan(selected, state, observed, listed=remote.listed, notes=remote.notes)
+    plan = make_plan(
+        selected,
+        state,
+        observed,
+        listed=remote.listed,
+        covered=remote.covered,
+        notes=remote.notes,
+        prune=prune,
+    )
     if not plan.to_fetch:
         return Survey(plan=plan, remote=remote, state=state, observed=observed)
     if not all_checksums:
@@ -509,7 +548,15 @@ def survey(
         state.update((e.path, e) for e in adopted)
         log.info("adopted %d local file(s) that match upstream", len(adopted))
     # Again, with the MD5s: they may turn up more changes, and verify what is fetched.
-    plan = make_plan(selected, state, observed, listed=remote.listed, notes=remote.notes)
+    plan = make_plan(
+        selected,
+        state,
+        observed,
+        listed=remote.listed,
+        covered=remote.covered,
+        notes=remote.notes,
+        prune=prune,
+    )
     return Survey(plan=plan, remote=remote, state=state, observed=observed)
 
 
@@ -727,7 +774,7 @@ class Applier:
         self.reporter.plan_ready(plan)
         if self.options.dry_run:
             return report
-        deletions = plan.to_delete if self.options.prune else ()
+        deletions = plan.to_delete
         self._check_delete_guard(deletions, len(found.state))
         self._refresh_fingerprints(plan, found)
         fetches = plan.to_fetch
@@ -756,19 +803,12 @@ class Applier:
         return report
 
     def _check_delete_guard(self, deletions: Sequence[PlanItem], recorded: int) -> None:
-        count, share = self.options.max_delete, self.options.max_delete_share
-        limit_text = None
-        if count is not None and len(deletions) > count:
-            limit_text = f"the limit of {count}"
-        elif share is not None and len(deletions) > share * recorded:
-            limit_text = f"the limit of {share:.0%} of them"
-        if limit_text is not None:
-            raise UsageError(
-                f"--prune would delete {len(deletions)} of {recorded} recorded files, "
-                f"more than {limit_text}; nothing was changed",
-                hint="check the manifest (a truncated manifest looks like this); if the "
-                "deletions are intended, raise --max-delete",
-            )
+        check_prune(
+            len(deletions),
+            recorded,
+            max_count=self.options.max_delete,
+            max_share=self.options.max_delete_share,
+        )
 
     def _refresh_fingerprints(self, plan: Plan, found: Survey) -> None:
         """Re-record files whose timestamp moved but whose content hashed the same."""

@@ -102,6 +102,7 @@ class TestFirstSync:
             "repair": 0,
             "delete": 0,
             "unchanged": 0,
+            "kept": 0,
         }
         assert doc["result"]["counts"]["download"] == n
         assert doc["result"]["failures"] == []
@@ -237,9 +238,17 @@ class TestPrune:
             "  - accession: SDY1\n    paths:\n      - StudyFiles/Study_design.txt\n"
         )
         plan = world.run("plan", str(world.manifest_path), "--json").json()
+        assert plan["actions"] == [] and len(plan["kept"]) == 3  # what apply would do
+        pruning = world.run("plan", str(world.manifest_path), "--json", "--prune")
+        assert pruning.exit_code == ExitCode.USAGE  # as apply --prune would refuse
+        plan = world.run(
+            "plan", str(world.manifest_path), "--json", "--prune", "--max-delete", "3"
+        ).json()
         assert {a["action"] for a in plan["actions"]} == {"delete"}
+        assert {a["reason"] for a in plan["actions"]} == {"no longer selected by the manifest"}
         without = world.apply()
         assert without.exit_code == 0
+        assert "3 files no longer selected are kept; `--prune` removes them" in without.output
         assert (world.dest / FCS).exists()  # not deleted without --prune
         guarded = world.apply("--prune")
         assert guarded.exit_code == ExitCode.USAGE

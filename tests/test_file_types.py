@@ -211,7 +211,7 @@ def test_files_the_type_filter_now_leaves_out_are_deleted_only_with_prune(today)
     assert len(archives) == 5
 
     today.write_manifest("  - accession: SDY1\n")
-    plan = today.plan("--json")
+    plan = today.plan("--json", "--prune", "--max-delete", "5")
     assert plan.exit_code == 0, plan.output
     deletions = [a for a in plan.json()["actions"] if a["action"] == "delete"]
     assert [d["path"] for d in deletions] == archives
@@ -223,9 +223,10 @@ def test_files_the_type_filter_now_leaves_out_are_deleted_only_with_prune(today)
 
     kept = today.apply()
     assert kept.exit_code == 0, kept.output
-    assert "5 to delete" in kept.output
+    assert "5 files no longer selected are kept; `--prune` removes them" in kept.output
     assert all((today.dest / f).is_file() for f in archives)
-    assert len(today.plan("--json").json()["actions"]) == 5
+    assert len(today.plan("--json").json()["kept"]) == 5
+    assert len(today.plan("--json", "--prune", "--max-delete", "5").json()["actions"]) == 5
 
     pruned = today.apply("--prune", "--max-delete", "5")
     assert pruned.exit_code == 0, pruned.output
@@ -285,7 +286,7 @@ def test_legacy_listing_types_files_by_their_place(legacy_world):
     assert not any("/archive/" in f for f in files)
 
     world.write_manifest("  - accession: SDY1\n    file_types: [release_file]\n")
-    plan = world.run("plan", str(world.manifest_path), "--json").json()
+    plan = world.run("plan", str(world.manifest_path), "--json", "--prune").json()
     kept = {a["path"] for a in plan["actions"] if a["action"] != "delete"}
     deleted = {a["path"] for a in plan["actions"] if a["action"] == "delete"}
     assert kept == set()

@@ -122,7 +122,21 @@ class TestActions:
         plan = make_plan({}, {"SDY1/a": entry("SDY1/a")}, {"SDY1/a": Observed(10, 1)})
         item = only(plan, "SDY1/a")
         assert item.action is Action.DELETE
-        assert item.reason == "no longer selected by the manifest, or removed upstream"
+        assert item.reason == "no longer selected by the manifest"
+
+    def test_a_file_gone_from_a_listed_folder_was_removed_upstream(self):
+        plan = make_plan({}, {"SDY1/Study/a": entry("SDY1/Study/a")}, {}, covered=["SDY1/Study"])
+        assert only(plan, "SDY1/Study/a").reason == "removed upstream"
+
+    def test_deletions_are_pending_only_when_pruning(self):
+        """plan counts what apply with the same flags would do; kept files stay apart."""
+        recorded = {"SDY1/a": entry("SDY1/a")}
+        keeping = make_plan({}, recorded, {})
+        assert (keeping.to_delete, [i.path for i in keeping.kept]) == ((), ["SDY1/a"])
+        assert not keeping and keeping.stats()["delete"] == 0 and keeping.stats()["kept"] == 1
+        pruning = make_plan({}, recorded, {}, prune=True)
+        assert ([i.path for i in pruning.to_delete], pruning.kept) == (["SDY1/a"], ())
+        assert pruning and pruning.stats()["delete"] == 1 and pruning.stats()["kept"] == 0
 
     def test_filtered_file_delete_reason(self):
         """A recorded file still listed upstream but filtered out says so."""
@@ -139,6 +153,7 @@ class TestActions:
             "repair": 0,
             "delete": 0,
             "unchanged": 0,
+            "kept": 0,
         }
 
     def test_items_are_sorted(self):

@@ -598,8 +598,8 @@ class TestDeletionGuards:
     def test_plan_shows_deletions_first(self, world: World) -> None:
         """plan lists every deletion before any download."""
         self.sync_then_narrow(world)
-        result = world.run("plan", str(world.manifest_path))
-        assert result.exit_code == 0
+        result = world.run("plan", str(world.manifest_path), "--prune", "--max-delete", "3")
+        assert result.exit_code == 0, result.output
         actions = [line.split()[0] for line in result.stdout.splitlines() if line.startswith("  ")]
         assert actions.count("delete") == 3
         assert "download" in actions

@@ -11,6 +11,7 @@ from conftest import World
 from immsync.errors import ExitCode
 
 SDY1 = "  - accession: SDY1\n    paths: [StudyFiles]\n"
+WIDER = "  - accession: SDY1\n    paths: [StudyFiles, ResultFiles/HAI_result]\n"
 
 
 class TestNothingRecorded:
@@ -101,3 +102,47 @@ class TestJsonTellsTheWholeTruth:
         for doc in (last, json.loads(summary.read_text())):
             assert doc["result"]["exit_code"] == ExitCode.REMOTE
             assert doc["result"]["interrupted"] is False
+
+
+class TestPendingDeletions:
+    """plan counts what apply with the same flags would do, and says why for each file."""
+
+    def narrowed(self, world: World) -> None:
+        world.write_manifest(WIDER)
+        assert world.apply().exit_code == 0
+        world.write_manifest(SDY1)
+
+    def test_without_prune_a_plan_settles(self, world: World) -> None:
+        self.narrowed(world)
+        result = world.run("plan", str(world.manifest_path), "--detailed-exitcode")
+        assert result.exit_code == 0, result.output  # apply would change nothing
+        assert "1 file no longer selected is kept; `--prune` removes them." in result.stdout
+        assert "keep" in result.stdout and "kept without --prune" in result.stdout
+        applied = world.apply()
+        assert "Up to date" in applied.stdout
+        assert "1 file no longer selected is kept; `--prune` removes them." in applied.stdout
+        again = world.run("plan", str(world.manifest_path), "--detailed-exitcode")
+        assert again.exit_code == 0
+
+    def test_with_prune_the_same_plan_is_pending(self, world: World) -> None:
+        self.narrowed(world)
+        result = world.run(
+            "plan", str(world.manifest_path), "--prune", "--max-delete", "5", "--detailed-exitcode"
+        )
+        assert result.exit_code == ExitCode.CHANGES_PENDING, result.output
+        assert "1 to delete" in result.stdout
+        assert world.apply("--prune", "--max-delete", "5").exit_code == 0
+        settled = world.run("plan", str(world.manifest_path), "--prune", "--detailed-exitcode")
+        assert settled.exit_code == 0
+
+    def test_removed_upstream_is_told_apart_from_deselected(self, world: World) -> None:
+        world.write_manifest(WIDER)
+        assert world.apply().exit_code == 0
+        (world.remote / "SDY1/StudyFiles/Study_design.txt").unlink()
+        world.write_manifest(SDY1)  # HAI is no longer selected; the design file is gone
+        doc = world.run("plan", str(world.manifest_path), "--json").json()
+        reasons = {k["path"]: k["reason"] for k in doc["kept"]}
+        assert reasons == {
+            "SDY1/StudyFiles/Study_design.txt": "removed upstream",
+            "SDY1/ResultFiles/HAI_result/hai_results.txt": "no longer selected by the manifest",
+        }
