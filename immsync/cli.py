@@ -448,7 +448,7 @@ def plan(
                 *(f"note: lock: {d}" for d in drift),
             ]:
                 _out(line)
-            _out(plan_summary(found.plan))
+            _out(plan_summary(found.plan, unlisted=len(found.remote.failed_roots)))
         if prune:
             count, share = _parse_max_delete(max_delete)
             check_prune(
@@ -637,7 +637,9 @@ def apply(
                 found = scope.survey(loaded, client, store)
                 report = Report(plan=found.plan, dry_run=True)
             out.plan(found)
-            _finish_apply(report, found.remote.problems, out)
+            _finish_apply(
+                report, found.remote.problems, out, unlisted=len(found.remote.failed_roots)
+            )
             return
         main_lock = loaded.destination / STATE_DIRNAME / "lock"
         with contextlib.ExitStack() as locks:
@@ -659,7 +661,9 @@ def apply(
                 )
         if received:
             _interrupted(report, received[0], out, found.remote.problems)
-        _finish_apply(report, found.remote.problems, out)
+        _finish_apply(
+            report, found.remote.problems, out, unlisted=len(found.remote.failed_roots)
+        )
 
 
 def _apply_locked(
@@ -757,7 +761,9 @@ def _set_aside_broken_state(path: Path) -> None:
     log.warning("the unreadable state was moved to %s.broken-%s", path, stamp)
 
 
-def _finish_apply(report: Report, problems: tuple[str, ...], out: _ApplyOutput) -> None:
+def _finish_apply(
+    report: Report, problems: tuple[str, ...], out: _ApplyOutput, *, unlisted: int
+) -> None:
     failures = tuple(f"{f.path}: {f.error}" for f in report.failures)
     exit_code = ExitCode.TRANSFER if failures else ExitCode.REMOTE if problems else ExitCode.OK
     out.summary(report, problems, exit_code=exit_code)
@@ -765,9 +771,9 @@ def _finish_apply(report: Report, problems: tuple[str, ...], out: _ApplyOutput) 
         if report.dry_run:
             for line in plan_lines(report.plan):
                 _out(line)
-            _out(plan_summary(report.plan))
+            _out(plan_summary(report.plan, unlisted=unlisted))
         else:
-            _out(report_summary(report))
+            _out(report_summary(report, unlisted=unlisted))
     if failures:
         raise SyncFailed(
             f"{len(failures)} file(s) could not be synced; every other file was kept and "

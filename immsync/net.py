@@ -94,3 +94,45 @@ def _origin_and_path(url: str) -> str:
     """A URL without its query string: a presigned link's query is its signature."""
     parts = urlsplit(url)
     return f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}{parts.path}"
+
+
+_DNS_WORDS = (
+    "name or service not known",
+    "nodename nor servname",
+    "temporary failure in name resolution",
+    "getaddrinfo failed",
+    "no address associated with hostname",
+    "failed to resolve",
+    "nameresolutionerror",
+)
+_REFUSED_WORDS = ("connection refused", "actively refused")
+
+
+def connection_failure(exc: BaseException, url: str) -> tuple[str, str, bool]:
+    """Plain words for a failure to reach *url*: ``(what happened, what to do, transient)``.
+
+    A name that does not resolve, a connection refused and a connection lost call for
+    different fixes, so each gets its own wording.
+    """
+    host = urlsplit(url).hostname or url
+    reason = transport_reason(exc)
+    lowered = f"{reason} {type(exc).__name__} {exc}".lower()
+    if any(word in lowered for word in _DNS_WORDS):
+        temporary = "temporary failure" in lowered
+        return (
+            f"cannot resolve the host name {host} ({reason})",
+            "check the host name in the URL, and this machine's network and DNS",
+            temporary,
+        )
+    if any(word in lowered for word in _REFUSED_WORDS):
+        return (
+            f"{host} refused the connection ({reason})",
+            "check the URL and its port, that the service is up, and any proxy "
+            "(HTTPS_PROXY) between here and there",
+            True,
+        )
+    return (
+        f"the connection to {host} was lost ({reason})",
+        "a network fault or an overloaded server; run the same command again",
+        True,
+    )

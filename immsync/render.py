@@ -91,11 +91,14 @@ def _summary(plan: Plan) -> dict[str, int]:
     return summary
 
 
-def plan_summary(plan: Plan) -> str:
+def plan_summary(plan: Plan, *, unlisted: int = 0) -> str:
+    """The plan in one line; with *unlisted* paths that could not be listed, it says so
+    first, so that a plan of nothing never reads as "nothing to do"."""
     s = plan.stats()
     fetch_bytes = sum(i.size for i in plan.to_fetch)
+    head = "Plan:" if not unlisted else f"Plan, incomplete ({_unlisted(unlisted)}):"
     text = (
-        f"Plan: {s['download']} to download, {s['update']} to update, {s['repair']} to repair, "
+        f"{head} {s['download']} to download, {s['update']} to update, {s['repair']} to repair, "
         f"{s['delete']} to delete, {s['unchanged']} unchanged ({format_size(fetch_bytes)} to "
         "fetch)."
     )
@@ -154,9 +157,20 @@ def report_to_json(
     }
 
 
-def report_summary(report: Report) -> str:
+def _unlisted(count: int) -> str:
+    paths = "1 selected path" if count == 1 else f"{count} selected paths"
+    return f"{paths} could not be listed, named below"
+
+
+def report_summary(report: Report, *, unlisted: int = 0) -> str:
+    """The run in one line; never "Up to date" when part of the selection was not seen."""
     c = report.counts()
-    if not report.outcomes:
+    if unlisted and not report.outcomes:
+        done = (
+            f"Incomplete: {_unlisted(unlisted)}; of the rest, {c['unchanged']} file(s) "
+            "unchanged, nothing transferred."
+        )
+    elif not report.outcomes:
         done = f"Up to date: {c['unchanged']} file(s) unchanged, nothing transferred."
     else:
         done = (

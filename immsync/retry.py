@@ -90,12 +90,18 @@ def call_with_retries(
             reason = _reason(exc)
             # Errors often already start with the operation's name; do not say it twice.
             what = reason if reason.startswith(describe) else f"{describe}: {reason}"
-            log.warning(
-                "%s; retrying in %.1f s (attempt %d of %d)",
+            # One warning per operation, not one per attempt: the later ones (and their
+            # count) are for -v, so that a slow server does not fill the screen.
+            level = logging.WARNING if attempt == 1 else logging.INFO
+            more = attempts - attempt
+            log.log(
+                level,
+                "%s; retrying in %.1f s (attempt %d of %d%s)",
                 what,
                 delay,
                 attempt + 1,
                 attempts,
+                f", up to {more} more" if attempt == 1 and more > 1 else "",
             )
             sleep(delay)
             attempt += 1

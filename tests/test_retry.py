@@ -137,3 +137,12 @@ def test_each_retry_is_logged_with_reason_and_delay(caplog):
     assert "HTTP 503 Service Unavailable" in text
     assert "2.0 s" in text
     assert "attempt 2 of 4" in text
+
+
+def test_repeated_retries_warn_once_and_count_at_info(caplog):
+    """Three retries of one operation: one WARNING saying how many may follow, then INFO."""
+    caplog.set_level(logging.INFO, logger="immsync.retry")
+    run(Flaky(Transient("HTTP 503"), Transient("HTTP 503"), Transient("HTTP 503")))
+    levels = [r.levelno for r in caplog.records]
+    assert levels == [logging.WARNING, logging.INFO, logging.INFO]
+    assert "attempt 2 of 4, up to 3 more" in caplog.records[0].getMessage()

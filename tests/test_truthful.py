@@ -146,3 +146,56 @@ class TestPendingDeletions:
             "SDY1/StudyFiles/Study_design.txt": "removed upstream",
             "SDY1/ResultFiles/HAI_result/hai_results.txt": "no longer selected by the manifest",
         }
+
+
+def closed_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class TestUnreachable:
+    def test_a_plan_that_cannot_reach_immport_does_not_read_as_success(
+        self, today: World
+    ) -> None:
+        today.env["IMMSYNC_QUERY_API_BASE_URL"] = f"http://127.0.0.1:{closed_port()}/data/query"
+        today.write_manifest(SDY1)
+        result = today.run("plan", str(today.manifest_path))
+        assert result.exit_code == ExitCode.REMOTE, result.output
+        assert "Plan, incomplete (1 selected path could not be listed" in result.stdout
+        assert "127.0.0.1 refused the connection" in result.stderr
+        assert result.stderr.count("retrying in") == 1  # one warning, not one per attempt
+
+    def test_an_apply_that_could_not_list_does_not_say_up_to_date(self, today: World) -> None:
+        today.write_manifest("  - accession: SDY1\n    paths: [NoSuchFolder]\n")
+        result = today.apply()
+        assert result.exit_code == ExitCode.REMOTE, result.output
+        assert "Up to date" not in result.output
+        assert "Incomplete: 1 selected path could not be listed" in result.stdout
+
+    def test_each_kind_of_connection_failure_has_its_own_words(self) -> None:
+        import socket
+
+        import requests
+
+        from immsync.net import connection_failure
+
+        url = "https://www.example.invalid/data"
+        dns = requests.ConnectionError(socket.gaierror(-2, "Name or service not known"))
+        what, hint, transient = connection_failure(dns, url)
+        assert what.startswith("cannot resolve the host name www.example.invalid")
+        assert "DNS" in hint and not transient
+        flaky_dns = requests.ConnectionError(
+            socket.gaierror(-3, "Temporary failure in name resolution")
+        )
+        assert connection_failure(flaky_dns, url)[2] is True
+        refused = requests.ConnectionError(ConnectionRefusedError(111, "Connection refused"))
+        assert connection_failure(refused, url)[0].startswith(
+            "www.example.invalid refused the connection"
+        )
+        reset = requests.ConnectionError(ConnectionResetError(104, "Connection reset by peer"))
+        assert connection_failure(reset, url)[0].startswith(
+            "the connection to www.example.invalid was lost"
+        )

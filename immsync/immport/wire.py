@@ -25,7 +25,13 @@ import requests
 import urllib3
 
 from ..errors import ApiError, RemoteNotFound, UsageError
-from ..net import NO_REDIRECTS, SAME_ORIGIN, RedirectRefused, redirect_guard, transport_reason
+from ..net import (
+    NO_REDIRECTS,
+    SAME_ORIGIN,
+    RedirectRefused,
+    connection_failure,
+    redirect_guard,
+)
 from ..retry import RetryPolicy, call_with_retries
 
 T = TypeVar("T")
@@ -179,10 +185,8 @@ class Wire:
             urllib3.exceptions.ProtocolError,
             urllib3.exceptions.DecodeError,
         ) as exc:
-            raise ApiError(
-                f"{endpoint} failed: connection lost or refused ({transport_reason(exc)})",
-                transient=True,
-            ) from None
+            what, hint, transient = connection_failure(exc, url)
+            raise ApiError(f"{endpoint} failed: {what}", hint=hint, transient=transient) from None
         except (requests.exceptions.RequestException, urllib3.exceptions.HTTPError) as exc:
             raise ApiError(f"{endpoint} failed: {self.secrets.redact(_first_line(exc))}") from None
 
