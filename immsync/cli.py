@@ -79,7 +79,7 @@ from .shard import (
 from .state import STATE_DIRNAME, StateStore, state_path
 from .statedir import private_folder
 from .sync import Applier, Survey, SyncOptions, check_prune, survey, survey_remote
-from .transports import Choice, choose_transport
+from .transports import AsperaTokens, Choice, choose_transport
 
 if TYPE_CHECKING:
     import requests
@@ -108,6 +108,10 @@ DEFAULT_DRS_URL = "https://drs.immport.org"
 DEFAULT_TOKEN_URL = "https://www.immport.org/auth/token"  # noqa: S105 - a URL
 DEFAULT_DATA_URL = "https://api.immport.org/data"
 """The legacy data API: the folder listing and Aspera tokens, used only where they answer."""
+ASCP_JOBS = 2
+"""``--jobs`` for ascp: sessions at once (servers refuse bursts of sign-ins)."""
+HTTPS_JOBS = 8
+"""``--jobs`` over HTTPS: files at once; small files are latency-bound, links are cheap."""
 
 
 class TransportMode(StrEnum):
@@ -160,6 +164,9 @@ class Environment:
         data_url = (get("IMMPORT_DATA_API_BASE_URL") or DEFAULT_DATA_URL).rstrip("/")
         # A legacy deployment named by its data API serves the query API below it.
         query_default = data_url + "/query" if get("IMMPORT_DATA_API_BASE_URL") else None
+        query_url = (
+            get("IMMSYNC_QUERY_API_BASE_URL") or query_default or DEFAULT_QUERY_URL
+        ).rstrip("/")
         return cls(
             username=get("IMMPORT_USERNAME"),
             password=environ.get("IMMPORT_PASSWORD") or None,
@@ -168,10 +175,8 @@ class Environment:
             api_key_file=get("IMMPORT_API_KEY_FILE"),
             token_url=get("IMMPORT_TOKEN_URL") or DEFAULT_TOKEN_URL,
             data_url=data_url,
-            query_url=(
-                get("IMMSYNC_QUERY_API_BASE_URL") or query_default or DEFAULT_QUERY_URL
-            ).rstrip("/"),
-            drs_url=(get("IMMSYNC_DRS_BASE_URL") or DEFAULT_DRS_URL).rstrip("/"),
+            query_url=query_url,
+            drs_url=(get("IMMSYNC_DRS_BASE_URL") or _default_drs_url(query_url)).rstrip("/"),
             ascp=get("IMMSYNC_ASCP"),
             aspera_key=get("IMMSYNC_ASPERA_KEY"),
             aspera_host=get("IMMSYNC_ASPERA_HOST") or "aspera-immport.niaid.nih.gov",
@@ -181,6 +186,16 @@ class Environment:
             netrc=get("NETRC"),
             home=Path(environ.get("HOME") or Path.home()),
         )
+
+
+def _default_drs_url(query_url: str) -> str:
+    """ImmPort's DRS service beside ImmPort's query API; beside any other query API, the
+    DRS service of the same origin, so that a key for another deployment (a mirror, the
+    emulator) is never sent to ImmPort's."""
+    if query_url == DEFAULT_QUERY_URL:
+        return DEFAULT_DRS_URL
+    parts = urlsplit(query_url)
+    return f"{parts.scheme}://{parts.netloc}" if parts.scheme and parts.netloc else DEFAULT_DRS_URL
 
 
 @dataclass(slots=True)
@@ -469,8 +484,17 @@ def plan(
 def apply(
     manifest: ManifestArg,
     jobs: Annotated[
-        int, typer.Option("--jobs", "-j", min=1, max=16, help="Transfer sessions at once.")
-    ] = 2,
+        int | None,
+        typer.Option(
+            "--jobs",
+            "-j",
+            min=1,
+            max=16,
+            show_default=False,
+            help=f"ascp sessions at once [default: {ASCP_JOBS}]; over HTTPS, files "
+            f"downloading at once [default: {HTTPS_JOBS}].",
+        ),
+    ] = None,
     prune: PruneOpt = False,
     max_delete: MaxDeleteOpt = "50%",
     rebuild_state: Annotated[
@@ -619,7 +643,7 @@ def apply(
         client = _connect(env, api_key_file, password_stdin, allow_insecure_http)
         delete_count, delete_share = _parse_max_delete(max_delete)
         options = SyncOptions(
-            jobs=jobs,
+            jobs=jobs or ASCP_JOBS,
             prune=prune,
             dry_run=dry_run,
             max_delete=delete_count,
@@ -658,6 +682,7 @@ def apply(
                 found, report, received = _apply_locked(
                     loaded, store, client, env, options, out, rebuild_state, scope,
                     transport=transport.value if transport else None,
+                    https_jobs=jobs or HTTPS_JOBS,
                 )
         if received:
             _interrupted(report, received[0], out, found.remote.problems)
@@ -677,11 +702,12 @@ def _apply_locked(
     scope: _Scope,
     *,
     transport: str | None = None,
+    https_jobs: int = HTTPS_JOBS,
 ) -> tuple[Survey, Report, list[int]]:
     found = scope.survey(
         loaded, client, store, record_adopted=True, trust_timestamps=rebuild_state
     )
-    choice = _choose_transport(transport, loaded, env, client, options)
+    choice = _choose_transport(transport, loaded, env, client, options, https_jobs=https_jobs)
     if found.plan.to_fetch and not _ctx.quiet:
         typer.echo(f"transport: {choice.reason}", err=True)
     transfer = choice.transfer
@@ -1167,6 +1193,7 @@ def _connect(
         token_url=env.token_url,
         data_url=env.data_url,
         query_url=env.query_url,
+        drs_url=env.drs_url,
         credentials=_credentials(env, api_key_file),
         allow_insecure_http=allow_insecure_http,
         listing_limits=ListingLimits.from_environment(os.environ),
@@ -1222,8 +1249,14 @@ def _choose_transport(
     env: Environment,
     client: ImmportClient,
     options: SyncOptions,
+    *,
+    https_jobs: int = HTTPS_JOBS,
 ) -> Choice:
-    """The transport for this run: --transport, else the manifest's, else auto."""
+    """The transport for this run: --transport, else the manifest's, else auto.
+
+    Nothing here sends a request: auto learns whether ImmPort's Aspera service answers
+    from the first token request, when a first file has to move.
+    """
     if given:
         mode, origin = given, "--transport"
     elif loaded.transport:
@@ -1248,7 +1281,11 @@ def _choose_transport(
             session.headers["User-Agent"] = f"immsync/{__version__}"
             return session
 
-        return HttpsTransfer(client, jobs=options.jobs, session_factory=new_session)
+        return HttpsTransfer(client, jobs=https_jobs, session_factory=new_session)
+
+    def notice(line: str) -> None:
+        if not _ctx.quiet:
+            typer.echo(f"transport: {line}", err=True)
 
     workdir = loaded.destination / STATE_DIRNAME / "tmp"
     _remove_stale_scratch(workdir)
@@ -1258,11 +1295,16 @@ def _choose_transport(
         make_https=make_https,
         probe_ascp=probe_ascp,
         origin=origin,
+        notice=notice,
     )
 
 
 class _LazyAscp:
-    """Finds ``ascp`` only when a transfer is needed, so no-op runs work without it."""
+    """Finds ``ascp`` only when a transfer is needed, so no-op runs work without it.
+
+    Its first Aspera token request tells whether ImmPort's Aspera service still answers
+    (see ``immsync.transports.AsperaTokens``).
+    """
 
     name = "ascp"
 
@@ -1270,6 +1312,7 @@ class _LazyAscp:
         self._env = env
         self._client = client
         self._workdir = workdir
+        self._tokens = AsperaTokens(client.download_token)
         self._transfer: AscpTransfer | None = None
         # Re-entrant: terminate() runs from a signal handler, maybe while _get() holds it.
         self._lock = threading.RLock()
@@ -1291,7 +1334,7 @@ class _LazyAscp:
                 private_folder(self._workdir)
                 self._transfer = AscpTransfer(
                     settings,
-                    token_source=self._client.download_token,
+                    token_source=self._tokens,
                     workdir=self._workdir,
                     env=_child_environment(),
                 )

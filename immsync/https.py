@@ -1,17 +1,26 @@
-"""Plain HTTPS downloads through ImmPort's GA4GH DRS links: the transport that needs no ascp.
+"""Plain HTTPS downloads through ImmPort's DRS links: the transport that needs no ascp.
 
-For each file of a batch (reference §1.5-1.6):
+For each file of a batch:
 
-1. its DRS id (``fileUUID``) comes from the study's file manifest, fetched once per run;
-2. ``GET {query}/drs/download/s3/{uuid}`` (bearer auth) answers a short-lived link, an
-   S3 presigned URL; when that access method fails, ``stream`` is asked for instead;
-3. a plain, unauthenticated ``GET`` of the link writes ``staging/<path>.partial``,
-   resuming with ``Range`` from what an earlier HTTPS attempt left, and with
-   ``If-Match`` on the ``ETag`` that attempt saw (kept in ``<path>.etag``), so that bytes
-   of two versions of a file are never joined: a changed file answers 412 and is
-   fetched again whole;
+1. its DRS id (``fileUUID``), size and MD5 come from the study's file manifest, fetched
+   once per run;
+2. the link source (``immsync.immport.drs``) names the routes to a link, in order: the
+   GA4GH DRS object's access methods (the object is checked against the manifest's size
+   and MD5 first; a mismatch fails the file before any download), then ImmPort's shortcut
+   (``s3``, then ``stream``). A route that fails moves the file to the next one;
+3. the route's link (kept for the run, so a retry or resume asks for none) is fetched
+   with a plain ``GET`` that carries no ImmPort credential, only the headers the access
+   method named, and those only to the link's own URL. It writes
+   ``staging/<path>.partial``, resuming with ``Range`` from what an earlier HTTPS attempt
+   left, and with ``If-Match`` on the ``ETag`` that attempt saw (kept in
+   ``<path>.etag``), so that bytes of two versions of a file are never joined: a changed
+   file answers 412 and is fetched again whole. A link the server refuses (403, expired)
+   is asked for afresh once;
 4. once every byte the server announced has arrived, ``.partial`` is renamed to
    ``staging/<path>``, where the caller verifies, places and records it.
+
+Small files are latency-bound (a link request and a download each cost a round trip),
+so files download :data:`DEFAULT_JOBS` at a time unless told otherwise.
 
 The link is a credential, like the Aspera token: anyone holding it can fetch the file
 until it expires. It is never logged or put in a message whole; only
@@ -31,13 +40,13 @@ import re
 import socket
 import stat
 import threading
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 from typing import Any, BinaryIO, Protocol
-from urllib.parse import urlsplit
+from urllib.parse import urljoin, urlsplit
 
 import requests
 import urllib3
@@ -49,9 +58,11 @@ log = logging.getLogger(__name__)
 
 CHUNK_SIZE = 1 << 20
 """Bytes read from the network and written to disk at a time."""
+DEFAULT_JOBS = 8
+"""Files downloading at once unless told otherwise: small files are latency-bound."""
 METHODS = ("s3", "stream")
+"""The DRS shortcut's access methods, in the order they are tried."""
 _LINK_GUARD = redirect_guard(NO_DOWNGRADE)
-"""DRS access methods, in the order they are tried."""
 _ERROR_BODY_LIMIT = 64 * 1024
 _SHOWN_FAILURES = 3
 _LOCAL_FULL = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS})
@@ -69,12 +80,40 @@ _TRANSIENT_CODES = frozenset(
 )
 
 
+class DownloadLink(Protocol):
+    """A signed link, and the headers to send to that URL (and nowhere else)."""
+
+    @property
+    def url(self) -> str: ...
+
+    @property
+    def headers(self) -> Mapping[str, str]: ...
+
+
+class DownloadLinks(Protocol):
+    """Routes to a file's link and the links themselves (``immsync.immport.drs.DrsLinks``)."""
+
+    def routes(
+        self,
+        file_id: str,
+        *,
+        size: int | None,
+        md5: str | None,
+        shortcut_methods: Sequence[str] = ...,
+    ) -> list[str]: ...
+
+    def link(self, file_id: str, route: str, *, fresh: bool = False) -> DownloadLink: ...
+
+    def forget(self, file_id: str) -> None: ...
+
+
 class LinkSource(Protocol):
     """The part of ``ImmportClient`` this transport needs (it never imports it)."""
 
     def study_files(self, accession: str) -> Mapping[str, model.StudyFile]: ...
 
-    def drs_url(self, file_uuid: str, method: str) -> str: ...
+    @property
+    def drs(self) -> DownloadLinks: ...
 
 
 class _LinkRefused(Exception):
@@ -104,12 +143,12 @@ class HttpsTransfer:
     own ``requests.Session``, so connections are reused from one file to the next.
 
     Args:
-        links: the ImmPort client (``study_files`` and ``drs_url``).
+        links: the ImmPort client (``study_files`` and ``drs``).
         jobs: files downloading at once.
         connect_timeout: seconds to wait for a connection to the link's host.
         read_timeout: seconds without a byte before a download counts as stalled.
         chunk_size: bytes per read and per write.
-        methods: DRS access methods to try, in order.
+        methods: the DRS shortcut's access methods to try, in order (after GA4GH's).
         session_factory: makes the sessions for the links (proxies, CA bundle, User-Agent).
     """
 
@@ -119,7 +158,7 @@ class HttpsTransfer:
         self,
         links: LinkSource,
         *,
-        jobs: int = 4,
+        jobs: int = DEFAULT_JOBS,
         connect_timeout: float = 30.0,
         read_timeout: float = 60.0,
         chunk_size: int = CHUNK_SIZE,
@@ -279,20 +318,21 @@ class HttpsTransfer:
         except OSError as exc:
             raise _local_error(file, final, exc) from None
         study = self._study_file(file)
+        routes = self._routes(file, study)
         failures: list[tuple[str, errors.TransferError]] = []
-        for method in self._methods:
+        for route in routes:
             self._check_stop(file, job.label, stop)
             try:
-                self._fetch_with_method(method, study.uuid, job, session, partial, emit, stop)
+                self._fetch_by_route(route, study.uuid, job, session, partial, emit, stop)
             except errors.TransferError as exc:
                 if exc.kind in ("disk", "interrupted"):
                     raise
-                failures.append((method, exc))
-                if method != self._methods[-1]:
+                failures.append((route, exc))
+                if route != routes[-1]:
                     log.info(
-                        "%s: the %s link failed (%s); trying the next access method",
+                        "%s: the %s link failed (%s); trying the next way",
                         file.path,
-                        method,
+                        route,
                         exc.reason,
                     )
                 continue
@@ -302,8 +342,26 @@ class HttpsTransfer:
                 _validator_path(partial).unlink(missing_ok=True)
             except OSError as exc:
                 raise _local_error(file, final, exc) from None
+            self._links.drs.forget(study.uuid)
             return
         raise _methods_failed(file, failures)
+
+    def _routes(self, file: model.RemoteFile, study: model.StudyFile) -> list[str]:
+        with _api_failures(
+            file,
+            not_found=f"ImmPort's DRS does not know its id {study.uuid}",
+            failed="ImmPort gave no way to download it",
+        ):
+            try:
+                return self._links.drs.routes(
+                    study.uuid,
+                    size=study.size if study.size is not None else file.size,
+                    md5=study.md5 or file.md5,
+                    shortcut_methods=self._methods,
+                )
+            except errors.ChecksumMismatch as exc:
+                raise _file_error(file, "permanent", exc.message, "DRS object mismatch") from None
+        raise AssertionError("unreachable")  # for type checkers: the block returns or raises
 
     def _study_file(self, file: model.RemoteFile) -> model.StudyFile:
         accession = file.path.split("/", 1)[0]
@@ -322,9 +380,9 @@ class HttpsTransfer:
             )
         return found
 
-    def _fetch_with_method(
+    def _fetch_by_route(
         self,
-        method: str,
+        route: str,
         file_uuid: str,
         job: _Job,
         session: requests.Session,
@@ -333,7 +391,7 @@ class HttpsTransfer:
         stop: threading.Event,
     ) -> None:
         file = job.file
-        link = self._link(file, file_uuid, method)
+        link = self._link(file, file_uuid, route)
         try:
             self._download(link, job, session, partial, emit, stop)
             return
@@ -341,33 +399,38 @@ class HttpsTransfer:
             log.info(
                 "%s: the %s link %s was refused (%s); asking for a fresh one",
                 file.path,
-                method,
-                _show_url(link),
+                route,
+                _show_url(link.url),
                 refused.reason,
             )
-        link = self._link(file, file_uuid, method)
+        link = self._link(file, file_uuid, route, fresh=True)
         try:
             self._download(link, job, session, partial, emit, stop)
         except _LinkRefused as refused:
             raise _file_error(
                 file,
                 "permanent",
-                f"the {method} download link was refused twice, even freshly issued",
+                f"the {route} download link was refused twice, even freshly issued",
                 refused.reason,
             ) from None
 
-    def _link(self, file: model.RemoteFile, file_uuid: str, method: str) -> str:
+    def _link(
+        self, file: model.RemoteFile, file_uuid: str, route: str, *, fresh: bool = False
+    ) -> DownloadLink:
         with _api_failures(
             file,
-            not_found=f"ImmPort's DRS does not know its id {file_uuid}",
-            failed=f"ImmPort gave no {method} download link",
+            not_found=f"ImmPort's DRS does not know its id {file_uuid} ({route})",
+            failed=f"ImmPort gave no {route} download link",
         ):
-            return self._links.drs_url(file_uuid, method)
+            try:
+                return self._links.drs.link(file_uuid, route, fresh=fresh)
+            except errors.ChecksumMismatch as exc:
+                raise _file_error(file, "permanent", exc.message, "DRS object mismatch") from None
         raise AssertionError("unreachable")  # for type checkers: the block returns or raises
 
     def _download(
         self,
-        link: str,
+        link: DownloadLink,
         job: _Job,
         session: requests.Session,
         partial: Path,
@@ -381,7 +444,7 @@ class HttpsTransfer:
 
     def _download_once(
         self,
-        link: str,
+        link: DownloadLink,
         job: _Job,
         session: requests.Session,
         partial: Path,
@@ -410,20 +473,10 @@ class HttpsTransfer:
         if etag:
             headers["If-Match"] = etag
         self._check_stop(file, job.label, stop)
-        shown = _show_url(link)
+        shown = _show_url(link.url)
         log.debug("%s: GET %s%s", file.path, shown, f" from byte {offset}" if offset else "")
         try:
-            response = session.get(
-                link,
-                headers=headers,
-                stream=True,
-                timeout=self._timeout,
-                allow_redirects=True,
-                hooks={"response": [_LINK_GUARD]},
-                # An explicit auth keeps requests from adding ~/.netrc credentials: the
-                # link carries its own authorisation, and S3 refuses a second one.
-                auth=_no_auth,
-            )
+            response = _get_link(session, link, headers, self._timeout)
         except RedirectRefused as exc:
             raise _file_error(
                 file, "permanent", f"refused the download link's redirect: {exc}", exc.why
@@ -431,7 +484,7 @@ class HttpsTransfer:
         except requests.RequestException as exc:
             if self._cancel.is_set() or stop.is_set():
                 raise _stopped((file,), job.label) from None
-            raise _connection_error(file, shown, exc, link, done=None) from None
+            raise _connection_error(file, shown, exc, link.url, done=None) from None
         with self._lock:
             self._active.add(response)
         try:
@@ -447,7 +500,7 @@ class HttpsTransfer:
                     raise _Restart
                 if response.status_code in (200, 206):
                     _keep_validator(file, partial, response.headers.get("ETag"))
-                self._receive(response, job, partial, offset, shown, link, emit, stop)
+                self._receive(response, job, partial, offset, shown, link.url, emit, stop)
         finally:
             with self._lock:
                 self._active.discard(response)
@@ -579,7 +632,7 @@ class HttpsTransfer:
         reason = f"HTTP {status}" + (f" {said}" if said else "") + f" from {shown}"
         if status == 404 or _MISSING.search(f"{code} {message}"):
             return _file_error(file, "not_found", "the file is missing at its source", reason)
-        if status == 403 or _REFUSED.search(code):
+        if status in (401, 403) or _REFUSED.search(code):
             return _LinkRefused(reason)
         if status in (408, 429) or status >= 500 or code in _TRANSIENT_CODES:
             return _file_error(file, "transient", "the download server failed", reason)
@@ -882,3 +935,44 @@ def _shut_down(response: requests.Response) -> None:
 
 def _no_auth(request: requests.PreparedRequest) -> requests.PreparedRequest:
     return request
+
+
+def _get_link(
+    session: requests.Session,
+    link: DownloadLink,
+    headers: Mapping[str, str],
+    timeout: tuple[float, float],
+) -> requests.Response:
+    """``GET`` a link: no ImmPort credential, the access method's headers to its URL only.
+
+    An explicit auth keeps requests from adding ~/.netrc credentials: the link carries
+    its own authorisation, and S3 refuses a second one.
+    """
+    extra = {k: v for k, v in link.headers.items() if k.lower() not in _lower(headers)}
+    response = session.get(
+        link.url,
+        headers={**extra, **headers},
+        stream=True,
+        timeout=timeout,
+        # With headers of its own, the first hop is followed here, without them.
+        allow_redirects=not extra,
+        hooks={"response": [_LINK_GUARD]},
+        auth=_no_auth,
+    )
+    if not (extra and response.is_redirect):
+        return response
+    target = urljoin(link.url, response.headers.get("Location", ""))
+    response.close()
+    return session.get(
+        target,
+        headers=dict(headers),
+        stream=True,
+        timeout=timeout,
+        allow_redirects=True,
+        hooks={"response": [_LINK_GUARD]},
+        auth=_no_auth,
+    )
+
+
+def _lower(headers: Mapping[str, str]) -> set[str]:
+    return {name.lower() for name in headers}

@@ -2,8 +2,10 @@
 
 ImmPort serves files both through IBM Aspera (``ascp``, fast, but it needs a program
 and its key, and UDP and TCP port 33001 open) and through plain HTTPS links (its GA4GH
-DRS API, nothing to install). ImmPort announced the retirement of its Aspera service,
-so ``auto`` must keep working when ``ascp`` cannot connect at all.
+DRS API, nothing to install). ImmPort has retired its Aspera service, so ``auto`` uses
+``ascp`` only while the Aspera token endpoint answers: the first token request of a
+run is the probe (:class:`AsperaTokens`), and a 404 or 410 there moves the whole run
+to HTTPS with one line of information. Nothing is probed before a file needs to move.
 
 This module is generic over :class:`~immsync.model.Transfer`: it never imports the
 concrete transports, which the command line builds and hands in.
@@ -14,7 +16,7 @@ from __future__ import annotations
 import logging
 import re
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from . import errors, model
@@ -23,6 +25,9 @@ log = logging.getLogger(__name__)
 
 MODES = ("ascp", "https", "auto")
 """What ``--transport`` and the manifest's ``transport`` accept."""
+
+RETIRED_STATUSES = frozenset({404, 410})
+"""What the Aspera token endpoint answers where ImmPort's Aspera service is gone."""
 
 _CONNECT_FAILURE = re.compile(
     r"Failed to open TCP connection|Client unable to connect|failed to open connection"
@@ -38,6 +43,50 @@ class Choice:
     transfer: model.Transfer
     reason: str
     """E.g. ``ascp (found at /opt/aspera/bin/ascp); HTTPS for batches it cannot connect for``."""
+
+
+class AsperaRetired(errors.TransportUnavailable):
+    """ImmPort's Aspera token endpoint is gone (404 or 410): ``ascp`` cannot run here."""
+
+
+class AsperaTokens:
+    """Aspera tokens from *mint*, where the run's first request is the service's probe.
+
+    The first request decides, once per run, whether ImmPort's Aspera service still
+    answers (other threads wait for it): a 404 or 410 then means the endpoint is gone,
+    and this and every later call raise :class:`AsperaRetired` without a request. The
+    paths asked for come from the listing moments before, so a 404 for them on the very
+    first request is taken for the endpoint, not the files. Once a token was issued, a
+    404 means a path is missing, as before.
+    """
+
+    def __init__(self, mint: Callable[[Sequence[str]], str]) -> None:
+        self._mint = mint
+        self._lock = threading.Lock()
+        self._answered = False
+        self._retired: AsperaRetired | None = None
+
+    def __call__(self, paths: Sequence[str]) -> str:
+        if self._answered:
+            return self._mint(paths)
+        with self._lock:
+            if self._retired is not None:
+                raise self._retired
+            if self._answered:
+                return self._mint(paths)
+            try:
+                token = self._mint(paths)
+            except errors.ApiError as exc:
+                if exc.status not in RETIRED_STATUSES:
+                    raise
+                self._retired = AsperaRetired(
+                    f"ImmPort's Aspera service does not answer ({exc.message})",
+                    hint="files travel over HTTPS instead: --transport https (or auto) "
+                    "uses ImmPort's DRS links",
+                )
+                raise self._retired from None
+            self._answered = True
+            return token
 
 
 def is_connection_failure(error: errors.TransferError) -> bool:
@@ -58,6 +107,7 @@ def choose_transport(
     make_https: Callable[[], model.Transfer],
     probe_ascp: Callable[[], str],
     origin: str = "",
+    notice: Callable[[str], None] | None = None,
 ) -> Choice:
     """Build the transport for *mode* and say why it was chosen.
 
@@ -69,6 +119,8 @@ def choose_transport(
             path; raises TransportUnavailable when they are not there. Used by auto only.
         origin: where *mode* came from, for the reason (``"--transport"``, ``"the
             manifest"``); empty for the default.
+        notice: shows auto's one line when the run moves to HTTPS because ImmPort's
+            Aspera service is gone (default: the log, at INFO).
 
     Raises:
         UsageError: *mode* is not one of :data:`MODES`.
@@ -89,8 +141,9 @@ def choose_transport(
             choice = Choice(make_https(), f"https (ascp is not available: {exc.message})")
         else:
             choice = Choice(
-                AutoTransfer(make_ascp(), make_https()),
-                f"ascp ({found}); HTTPS for any batch ascp cannot connect for",
+                AutoTransfer(make_ascp(), make_https(), notice=notice),
+                f"ascp ({found}) while ImmPort's Aspera service answers; HTTPS otherwise "
+                "and for any batch ascp cannot connect for",
             )
     log.info("transport: %s", choice.reason)
     return choice
@@ -104,16 +157,25 @@ class AutoTransfer:
     Other failures (a missing file,
     a refused token, a full disk) are raised for the caller to handle as usual.
     When *primary* cannot run at all (TransportUnavailable), or failed to connect
-    *switch_after* times in a row, the rest of the run uses *secondary* only.
+    *switch_after* times in a row, the rest of the run uses *secondary* only. When the
+    reason is that ImmPort's Aspera service is gone (:class:`AsperaRetired`), that is
+    the expected state of today's ImmPort, not a fault: one line goes to *notice*
+    instead of a warning.
     """
 
     name = "auto"
 
     def __init__(
-        self, primary: model.Transfer, secondary: model.Transfer, *, switch_after: int = 3
+        self,
+        primary: model.Transfer,
+        secondary: model.Transfer,
+        *,
+        switch_after: int = 3,
+        notice: Callable[[str], None] | None = None,
     ) -> None:
         self.primary = primary
         self.secondary = secondary
+        self._notice = notice or (lambda line: log.info("%s", line))
         self._switch_after = max(1, switch_after)
         self._lock = threading.Lock()
         self._primary_off: str | None = None
@@ -132,6 +194,12 @@ class AutoTransfer:
         if primary_off is None:
             try:
                 self.primary.fetch(batch, on_progress)
+            except AsperaRetired as exc:
+                if self._switch_off(exc.message, warn=False):
+                    self._notice(
+                        f"{exc.message}; every file goes over {self.secondary.name} "
+                        "(DRS) for the rest of this run"
+                    )
             except errors.TransportUnavailable as exc:
                 self._switch_off(f"{self.primary.name} cannot run: {exc.message}")
             except errors.TransferError as exc:
@@ -176,9 +244,12 @@ class AutoTransfer:
                 f"{self.primary.name} failed to connect {self._switch_after} times in a row"
             )
 
-    def _switch_off(self, why: str) -> None:
+    def _switch_off(self, why: str, *, warn: bool = True) -> bool:
+        """Use only the secondary from now on; True for the call that switched."""
         with self._lock:
             if self._primary_off is not None:
-                return
+                return False
             self._primary_off = why
-        log.warning("%s; using %s for the rest of this run", why, self.secondary.name)
+        if warn:
+            log.warning("%s; using %s for the rest of this run", why, self.secondary.name)
+        return True

@@ -3,17 +3,32 @@
 from __future__ import annotations
 
 import random
+import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 from conftest import World
 
-from immsync.errors import ExitCode, TransferError, TransportUnavailable, UsageError
+from immsync.errors import (
+    ApiError,
+    ExitCode,
+    RemoteNotFound,
+    TransferError,
+    TransportUnavailable,
+    UsageError,
+)
 from immsync.model import ProgressCallback, RemoteFile, TransferBatch
 from immsync.state import StateStore, state_path
 from immsync.testing.sampledata import write_file
-from immsync.transports import AutoTransfer, choose_transport, is_connection_failure
+from immsync.transports import (
+    AsperaRetired,
+    AsperaTokens,
+    AutoTransfer,
+    choose_transport,
+    is_connection_failure,
+)
 
 TCP = "Failed to open TCP connection for SSH"
 UDP = "Client unable to connect to server (check UDP port and firewall)"
@@ -142,6 +157,99 @@ def test_terminate_stops_both_transports():
     primary, secondary = FakeTransfer("ascp"), FakeTransfer("https")
     AutoTransfer(primary, secondary).terminate()
     assert primary.terminated and secondary.terminated
+
+
+# -- AsperaTokens: the first token request is the probe --------------------------------------
+
+
+class Mint:
+    """A token endpoint that answers from a script: a token, or an error to raise."""
+
+    def __init__(self, *answers: str | BaseException, delay: float = 0.0) -> None:
+        self.answers = list(answers)
+        self.calls = 0
+        self.delay = delay
+
+    def __call__(self, paths: object) -> str:
+        self.calls += 1
+        time.sleep(self.delay)
+        answer = self.answers.pop(0) if len(self.answers) > 1 else self.answers[0]
+        if isinstance(answer, BaseException):
+            raise answer
+        return answer
+
+
+@pytest.mark.parametrize("status", [404, 410])
+def test_a_404_or_410_first_means_the_aspera_service_is_gone(status: int):
+    """The first request answering 404/410: AsperaRetired now and later, with no request."""
+    gone = (
+        RemoteNotFound("POST x/download/token answered HTTP 404", status=404)
+        if status == 404
+        else ApiError("POST x/download/token failed with HTTP 410", status=410)
+    )
+    mint = Mint(gone)
+    tokens = AsperaTokens(mint)
+    for _ in range(3):
+        with pytest.raises(AsperaRetired, match=f"does not answer .*HTTP {status}"):
+            tokens(["/SDY1/a"])
+    assert mint.calls == 1
+
+
+def test_a_404_after_a_token_was_issued_is_a_missing_path():
+    """Once the service answered, a 404 is about the paths: raised as it came."""
+    missing = RemoteNotFound("no such path", status=404)
+    tokens = AsperaTokens(Mint("t1", missing))
+    assert tokens(["/SDY1/a"]) == "t1"
+    with pytest.raises(RemoteNotFound) as caught:
+        tokens(["/SDY1/gone"])
+    assert caught.value is missing
+
+
+@pytest.mark.parametrize("status", [403, 500])
+def test_other_first_failures_pass_through_and_the_next_request_probes_again(status: int):
+    error = ApiError("refused", status=status)
+    mint = Mint(error, "t2")
+    tokens = AsperaTokens(mint)
+    with pytest.raises(ApiError) as caught:
+        tokens(["/SDY1/a"])
+    assert caught.value is error and not isinstance(caught.value, AsperaRetired)
+    assert tokens(["/SDY1/a"]) == "t2"
+
+
+def test_concurrent_first_requests_send_one_probe():
+    """Batches starting together: one request decides; the others wait and get its answer."""
+    mint = Mint(RemoteNotFound("gone", status=404), delay=0.2)
+    tokens = AsperaTokens(mint)
+    raised: list[BaseException] = []
+
+    def ask() -> None:
+        try:
+            tokens(["/SDY1/a"])
+        except AsperaRetired as exc:
+            raised.append(exc)
+
+    threads = [threading.Thread(target=ask) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert mint.calls == 1 and len(raised) == 4
+
+
+def test_a_retired_aspera_service_moves_the_run_with_one_notice_and_no_warning(
+    caplog: pytest.LogCaptureFixture,
+):
+    primary = FakeTransfer("ascp", [AsperaRetired("ImmPort's Aspera service does not answer")])
+    secondary = FakeTransfer("https")
+    notices: list[str] = []
+    auto = AutoTransfer(primary, secondary, notice=notices.append)
+    with caplog.at_level("WARNING", logger="immsync"):
+        for label in ("b1", "b2", "b3"):
+            auto.fetch(batch(label), lambda _e: None)
+    assert primary.fetched == ["b1"]
+    assert secondary.fetched == ["b1", "b2", "b3"]
+    assert len(notices) == 1 and "does not answer" in notices[0]
+    assert [r for r in caplog.records if r.levelname == "WARNING"] == []
 
 
 # -- choose_transport ---------------------------------------------------------------------

@@ -33,6 +33,8 @@ class ImmportClient:
         data_url: base of the legacy ``/list`` and ``/download/token``.
         query_url: base of the Shared Data API (study file manifests, DRS links), or
             None on a deployment without it.
+        drs_url: base of the GA4GH DRS service (``https://host`` or ``drs://host``), tried
+            before the query API's DRS shortcut; None for the shortcut alone.
         credentials: an API key, a token, or a username and password.
         timeout: seconds for connecting and for each read of every request.
         deadline: seconds one request may take in all.
@@ -54,6 +56,7 @@ class ImmportClient:
         data_url: str,
         query_url: str | None,
         credentials: Credentials,
+        drs_url: str | None = None,
         timeout: float = 30.0,
         deadline: float = REQUEST_DEADLINE,
         retry: RetryPolicy = RetryPolicy(),  # noqa: B008 - frozen, so sharing it is safe
@@ -81,7 +84,9 @@ class ImmportClient:
         api = Api(self.wire, self.bearer)
         self.listing = LegacyListing(api, self.data_url, listing_limits)
         self.catalog = StudyCatalog(api, self.query_url, self.listing, manifest_limits)
-        self.drs = DrsLinks(api, self.query_url, allow_insecure_http=allow_insecure_http)
+        self.drs = DrsLinks(
+            api, self.query_url, drs_url, allow_insecure_http=allow_insecure_http
+        )
         self.aspera = AsperaTokens(api, self.data_url)
         self._summaries = StudySummaries(api, self.query_url)
 
