@@ -17,6 +17,7 @@ FIGURES = {
     "hashing",
     "memory",
     "https",
+    "https_concurrency",
 }
 
 
