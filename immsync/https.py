@@ -360,7 +360,7 @@ class HttpsTransfer:
                     shortcut_methods=self._methods,
                 )
             except errors.ChecksumMismatch as exc:
-                raise _file_error(file, "permanent", exc.message, "DRS object mismatch") from None
+                raise _mismatch(file, exc) from None
         raise AssertionError("unreachable")  # for type checkers: the block returns or raises
 
     def _study_file(self, file: model.RemoteFile) -> model.StudyFile:
@@ -425,7 +425,7 @@ class HttpsTransfer:
             try:
                 return self._links.drs.link(file_uuid, route, fresh=fresh)
             except errors.ChecksumMismatch as exc:
-                raise _file_error(file, "permanent", exc.message, "DRS object mismatch") from None
+                raise _mismatch(file, exc) from None
         raise AssertionError("unreachable")  # for type checkers: the block returns or raises
 
     def _download(
@@ -678,6 +678,14 @@ def _file_error(
 ) -> errors.TransferError:
     return errors.TransferError(
         f"{file.path}: {what}", reason=reason, kind=kind, hint=_HINTS.get(kind)
+    )
+
+
+def _mismatch(file: model.RemoteFile, exc: errors.ChecksumMismatch) -> errors.TransferError:
+    """The DRS object disagrees with the manifest: permanent, and never downloaded."""
+    return errors.TransferError(
+        f"{file.path}: {exc.message}", reason="DRS object mismatch", kind="permanent",
+        hint=exc.hint,
     )
 
 

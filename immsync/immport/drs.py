@@ -250,6 +250,11 @@ class DrsLinks:
             self._links.setdefault(file_id, {})[route] = link
         return link
 
+    def kept(self) -> int:
+        """How many files have links kept (those in flight or failed this run)."""
+        with self._lock:
+            return len(self._links)
+
     def forget(self, file_id: str) -> None:
         """Drop what is kept for *file_id* (it arrived): the cache holds files in flight."""
         with self._lock:
