@@ -8,7 +8,6 @@ HTTPS concurrency, and ``auto`` choosing ascp only while ImmPort's Aspera servic
 from __future__ import annotations
 
 import hashlib
-import os
 import socket
 import threading
 import time
@@ -30,7 +29,6 @@ from immsync.model import RemoteFile, TransferBatch
 from immsync.retry import RetryPolicy
 from immsync.state import StateStore, state_path
 from immsync.testing.emulator import Emulator, file_uuid
-from immsync.testing.fake_ascp import install_fake_ascp
 from immsync.testing.sampledata import build_today_tree
 
 FAST = RetryPolicy(attempts=2, base_delay=0.0, max_delay=0.0, jitter=0.0)
@@ -89,31 +87,10 @@ def _staging(tmp_path: Path) -> Path:
     return tmp_path / "dest" / ".immsync" / "staging"
 
 
-@pytest.fixture(name="today")
-def _today_world(tmp_path: Path, today_tree: Path, emu: Emulator) -> World:
-    """Today's ImmPort through the command line, with the stand-in ascp installed."""
-    root = tmp_path / "project"
-    root.mkdir()
-    key_file = emu.write_api_key_file(tmp_path / "immport-api-key.json", emu.add_api_key())
-    config = emu.write_aspera_config(
-        tmp_path / "aspera.json", session_log=str(root / "sessions.jsonl")
-    )
-    aspera = install_fake_ascp(tmp_path / "aspera-cli", config)
-    env = {
-        "IMMPORT_API_KEY_FILE": str(key_file),
-        "IMMPORT_API_KEY": "",
-        "IMMPORT_TOKEN": "",
-        "IMMPORT_USERNAME": "",
-        "IMMPORT_PASSWORD": "",
-        "IMMSYNC_QUERY_API_BASE_URL": emu.query_url,
-        "IMMSYNC_DRS_BASE_URL": emu.drs_url,
-        "IMMPORT_DATA_API_BASE_URL": emu.data_url,
-        "IMMPORT_TOKEN_URL": emu.token_url,
-        "IMMSYNC_ASCP": str(aspera.ascp),
-        "IMMSYNC_ASPERA_KEY": "",
-        "PATH": os.environ.get("PATH", ""),
-    }
-    return World(root, today_tree, emu, config, aspera, env)
+def with_ascp(world: World) -> World:
+    """*world* with the stand-in ascp and its key found, as an Aspera user has them."""
+    world.env["IMMSYNC_ASCP"] = str(world.aspera.ascp)
+    return world
 
 
 def remote(tree: Path, *paths: str) -> tuple[RemoteFile, ...]:
@@ -598,6 +575,7 @@ def test_https_downloads_eight_files_at_once_unless_jobs_is_given(today: World):
 def test_auto_moves_to_https_when_the_token_endpoint_answers_404(today: World):
     """Today's ImmPort (token endpoint 404) with ascp installed: one information line,
     one token request for the whole run however many batches, every file over DRS."""
+    with_ascp(today)
     today.write_manifest(SDY1)
     result = today.apply("--batch-files", "2", "--jobs", "3")
     assert result.exit_code == 0, result.output
@@ -624,6 +602,7 @@ def test_auto_moves_to_https_when_the_token_endpoint_answers_410(world: World):
 
 
 def test_quiet_keeps_the_switch_line_out(today: World):
+    with_ascp(today)
     today.write_manifest(SDY1)
     result = today.run("-q", "apply", str(today.manifest_path), "--session-stagger", "0")
     assert result.exit_code == 0, result.output
@@ -632,6 +611,7 @@ def test_quiet_keeps_the_switch_line_out(today: World):
 
 def test_forced_ascp_where_aspera_is_gone_says_so(today: World):
     """--transport ascp against today's ImmPort: exit 8 naming the token endpoint's 404."""
+    with_ascp(today)
     today.write_manifest(SDY1)
     result = today.apply("--transport", "ascp")
     assert result.exit_code == ExitCode.SETUP, result.output
@@ -653,6 +633,7 @@ def test_auto_keeps_ascp_where_the_token_endpoint_answers(world: World):
 
 def test_a_no_op_run_in_todays_world_sends_only_the_manifest_request(today: World):
     """Nothing to fetch: auto probes nothing; no DRS, no token request, only the manifest."""
+    with_ascp(today)
     today.write_manifest(SDY1)
     assert today.apply().exit_code == 0
     before = len(today.emulator.requests_log)
