@@ -7,6 +7,7 @@ import os
 import random
 import subprocess
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -111,7 +112,16 @@ def partial(staging: Path, path: str) -> Path:
 
 
 def served(emu: Emulator, path: str) -> int:
-    return emu.bytes_served(path)
+    """Bytes the emulator sent for *path*, once its reply threads have counted them: a
+    client can finish reading before the server thread records the last chunk."""
+    last = emu.bytes_served(path)
+    for _ in range(40):
+        time.sleep(0.05)
+        now = emu.bytes_served(path)
+        if now == last:
+            break
+        last = now
+    return last
 
 
 # -- the client's manifest and link calls ---------------------------------------------------
