@@ -668,10 +668,16 @@ def apply(
         main_lock = loaded.destination / STATE_DIRNAME / "lock"
         with contextlib.ExitStack() as locks:
             # A shard shares the destination with the other shards of its run only.
-            locks.enter_context(DestinationLock(main_lock, wait=wait, shared=shard is not None))
-            if shard is not None:
+            held = [
                 locks.enter_context(
-                    DestinationLock(shard_lock_path(loaded.destination, shard), wait=wait)
+                    DestinationLock(main_lock, wait=wait, shared=shard is not None)
+                )
+            ]
+            if shard is not None:
+                held.append(
+                    locks.enter_context(
+                        DestinationLock(shard_lock_path(loaded.destination, shard), wait=wait)
+                    )
                 )
             if rebuild_state:
                 _set_aside_broken_state(state_path(loaded.destination))
@@ -683,6 +689,7 @@ def apply(
                     loaded, store, client, env, options, out, rebuild_state, scope,
                     transport=transport.value if transport else None,
                     https_jobs=jobs or HTTPS_JOBS,
+                    hold_fds=tuple(lock.fileno() for lock in held),
                 )
         if received:
             _interrupted(report, received[0], out, found.remote.problems)
@@ -703,11 +710,14 @@ def _apply_locked(
     *,
     transport: str | None = None,
     https_jobs: int = HTTPS_JOBS,
+    hold_fds: tuple[int, ...] = (),
 ) -> tuple[Survey, Report, list[int]]:
     found = scope.survey(
         loaded, client, store, record_adopted=True, trust_timestamps=rebuild_state
     )
-    choice = _choose_transport(transport, loaded, env, client, options, https_jobs=https_jobs)
+    choice = _choose_transport(
+        transport, loaded, env, client, options, https_jobs=https_jobs, hold_fds=hold_fds
+    )
     if found.plan.to_fetch and not _ctx.quiet:
         typer.echo(f"transport: {choice.reason}", err=True)
     transfer = choice.transfer
@@ -1251,6 +1261,7 @@ def _choose_transport(
     options: SyncOptions,
     *,
     https_jobs: int = HTTPS_JOBS,
+    hold_fds: tuple[int, ...] = (),
 ) -> Choice:
     """The transport for this run: --transport, else the manifest's, else auto.
 
@@ -1291,7 +1302,7 @@ def _choose_transport(
     _remove_stale_scratch(workdir)
     return choose_transport(
         mode,
-        make_ascp=lambda: _LazyAscp(env, client, workdir=workdir),
+        make_ascp=lambda: _LazyAscp(env, client, workdir=workdir, hold_fds=hold_fds),
         make_https=make_https,
         probe_ascp=probe_ascp,
         origin=origin,
@@ -1308,10 +1319,20 @@ class _LazyAscp:
 
     name = "ascp"
 
-    def __init__(self, env: Environment, client: ImmportClient, *, workdir: Path) -> None:
+    def __init__(
+        self,
+        env: Environment,
+        client: ImmportClient,
+        *,
+        workdir: Path,
+        hold_fds: tuple[int, ...] = (),
+    ) -> None:
         self._env = env
         self._client = client
         self._workdir = workdir
+        # The destination's locks: every ascp inherits them, so the destination stays
+        # locked while any of them lives, even if immsync is killed.
+        self._hold_fds = hold_fds
         self._tokens = AsperaTokens(client.download_token)
         self._transfer: AscpTransfer | None = None
         # Re-entrant: terminate() runs from a signal handler, maybe while _get() holds it.
@@ -1337,6 +1358,7 @@ class _LazyAscp:
                     token_source=self._tokens,
                     workdir=self._workdir,
                     env=_child_environment(),
+                    hold_fds=self._hold_fds,
                 )
             return self._transfer
 

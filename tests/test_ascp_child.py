@@ -151,3 +151,29 @@ def _fetch(
         transfer.fetch(batch, lambda event: None)
     except TransferError as exc:
         errors.append(exc)
+
+
+def test_apply_hands_its_destination_lock_to_every_ascp(world: World) -> None:
+    world.configure_aspera(faults=[{"kind": "hang", "seconds": 60}])
+    world.write_manifest("  - accession: SDY1\n    paths: [StudyFiles]\n")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "immsync", "apply", str(world.manifest_path), "--transport",
+         "ascp", "--session-stagger", "0"],
+        env={**os.environ, **world.env},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        ascps: list[int] = []
+        wait_until(lambda: ascps.extend(children_named(proc.pid, "ascp")) or ascps, 60, "ascp")
+        lock = world.dest / ".immsync" / "lock"
+        opened = set()
+        for fd in os.listdir(f"/proc/{ascps[0]}/fd"):
+            try:
+                opened.add(os.readlink(f"/proc/{ascps[0]}/fd/{fd}"))
+            except OSError:
+                continue
+        assert str(lock) in opened, opened
+    finally:
+        proc.kill()
+        proc.wait()
