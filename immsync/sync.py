@@ -363,8 +363,7 @@ def observe_local(
             continue
         checksum = None
         if needs_hash(state.get(path), st.st_size, st.st_mtime_ns):
-            # Changed since we recorded it: maybe being rewritten now, so not mapped.
-            checksum = file_digests(destination / path, mapped=False).checksum
+            checksum = file_digests(destination / path).checksum
         observed[path] = Observed(st.st_size, st.st_mtime_ns, checksum)
     return observed
 
@@ -404,7 +403,7 @@ def adopt_local_files(
         except UnsafePath:
             continue
         try:
-            digests = file_digests(target, md5=remote.md5 is not None, mapped=False)
+            digests = file_digests(target, md5=remote.md5 is not None)
         except OSError:
             continue
         if remote.md5 is not None and digests.md5 != remote.md5:
