@@ -63,6 +63,7 @@ from .render import (
     plan_to_json,
     report_summary,
     report_to_json,
+    visible,
 )
 from .retry import RetryPolicy
 from .shard import (
@@ -302,7 +303,7 @@ def _errors_to_exit_codes() -> Iterator[None]:
         os.close(devnull)
         raise typer.Exit(int(ExitCode.BROKEN_PIPE)) from None
     except ImmsyncError as exc:
-        typer.echo(f"error: {_with_manifest_named(str(exc))}", err=True)
+        typer.echo(visible(f"error: {_with_manifest_named(str(exc))}"), err=True)
         raise typer.Exit(int(exc.exit_code)) from None
     except KeyboardInterrupt as exc:
         # Outside the transfers (listing, planning, verifying) nothing is half-written:
@@ -357,7 +358,7 @@ def _raise_terminated(signum: int, frame: FrameType | None) -> None:
 
 def _out(text: str = "") -> None:
     if not _ctx.quiet:
-        typer.echo(text)
+        typer.echo(visible(text))
 
 
 def _print_json(data: Any) -> None:

@@ -9,14 +9,19 @@ from __future__ import annotations
 
 import json
 import os
+import pty
+import select
 import subprocess
 import sys
 from pathlib import Path
 
 import xxhash
+from conftest import World
 
+from immsync.errors import ExitCode
 from immsync.model import StateEntry
 from immsync.state import StateStore, state_path
+from immsync.testing.sampledata import write_file
 
 # -- helpers ---------------------------------------------------------------------------
 
@@ -182,3 +187,123 @@ def test_verify_survives_a_file_truncated_in_the_middle_of_hashing(tmp_path):
         assert f"modified  {BIG}" in done.stderr
     else:
         assert done.returncode == 0, done.stderr
+
+
+# -- 7. names from the server are shown, never obeyed -----------------------------------
+
+STUDY_FILES = "  - accession: SDY1\n    paths:\n      - StudyFiles\n"
+# A name that retitles the terminal (OSC 0), then clears it (CSI 2J).
+ESCAPES = "SDY1/StudyFiles/evil\x1b]0;pwned\x07\x1b[2J.txt"
+ESCAPES_SHOWN = "SDY1/StudyFiles/evil\\x1b]0;pwned\\x07\\x1b[2J.txt"
+# Rich markup: a closing tag with nothing open (a folder "bad[" holding "]name").
+MARKUP = "SDY1/StudyFiles/bad[/]name"
+
+
+def hostile_names(world: World, *names: str) -> None:
+    for name in names:
+        write_file(world.remote, name, f"content of {name!r}\n")
+    world.write_manifest(STUDY_FILES)
+
+
+def assert_no_raw_control(text: str) -> None:
+    """No ESC or BEL from a name reached this output (JSON writes them as \\u001b)."""
+    assert "\x1b" not in text and "\x07" not in text, text
+
+
+def run_on_a_terminal(world: World, *args: str) -> tuple[int, str]:
+    """Run ``immsync ARGS`` as a child whose stdout and stderr are a terminal (a pty)."""
+    primary, secondary = pty.openpty()
+    env = {**os.environ, **world.env, "COLUMNS": "400", "TERM": "xterm"}
+    child = subprocess.Popen(
+        [sys.executable, "-m", "immsync", *args],
+        stdin=subprocess.DEVNULL,
+        stdout=secondary,
+        stderr=secondary,
+        env=env,
+        cwd=world.root,
+    )
+    os.close(secondary)
+    output = bytearray()
+    try:
+        while True:
+            ready, _, _ = select.select([primary], [], [], 60)
+            if not ready:
+                raise AssertionError(f"no output for 60 s: {bytes(output)!r}")
+            try:
+                chunk = os.read(primary, 65536)
+            except OSError:  # EIO: the child closed the terminal
+                break
+            if not chunk:
+                break
+            output += chunk
+    finally:
+        os.close(primary)
+        code = child.wait(timeout=60)
+    return code, output.decode("utf-8", "replace")
+
+
+def test_markup_and_escapes_in_names_on_a_terminal(world: World):
+    """On a terminal, a failed file named with Rich markup is reported, not a crash (exit 5).
+
+    The progress display and the failure report print the names as text: the markup
+    shows literally, and a name's escape sequences are shown, never sent to the terminal.
+    """
+    hostile_names(world, MARKUP, ESCAPES)
+    world.configure_aspera(
+        faults=[
+            {"kind": "partial", "path": "/" + MARKUP, "times": 99},
+            {"kind": "partial", "path": "/" + ESCAPES, "times": 99},
+        ]
+    )
+    # One file a session: each session takes the first fault aimed at its files.
+    options = ("--session-stagger", "0", "--retries", "0", "--batch-files", "1")
+    code, output = run_on_a_terminal(world, "apply", str(world.manifest_path), *options)
+    assert code == ExitCode.TRANSFER, output
+    assert "MarkupError" not in output and "Traceback" not in output
+    assert f"{MARKUP}: " in output  # in the failure report, markup and all
+    assert ESCAPES_SHOWN in output
+    assert "\x1b]0;pwned" not in output and "\x1b[2J" not in output
+
+
+def test_escapes_in_names_are_shown_in_every_human_output(world: World):
+    """plan, apply (progress, failures, logs), status and verify show \\x1b; JSON keeps it."""
+    hostile_names(world, ESCAPES, MARKUP)
+    manifest = str(world.manifest_path)
+
+    plan = world.run("-v", "plan", manifest)
+    assert plan.exit_code == 0, plan.output
+    assert f"  {ESCAPES_SHOWN}  (not present locally)" in plan.stdout
+    assert f"  {MARKUP}  (not present locally)" in plan.stdout
+    assert_no_raw_control(plan.output)
+    plan_json = world.run("plan", manifest, "--json")
+    assert {a["path"] for a in plan_json.json()["actions"]} >= {ESCAPES, MARKUP}
+
+    world.configure_aspera(faults=[{"kind": "partial", "path": "/" + ESCAPES, "times": 99}])
+    failed = world.run(
+        "apply", manifest, "--session-stagger", "0", "--retries", "0", "--json"
+    )
+    assert failed.exit_code == ExitCode.TRANSFER, failed.output
+    assert f"failed: {ESCAPES_SHOWN}: " in failed.stderr  # the progress lines
+    assert f"  {ESCAPES_SHOWN}: " in failed.stderr  # the closing error
+    assert_no_raw_control(failed.output)
+    events = [json.loads(line) for line in failed.stdout.splitlines()]
+    assert [e["path"] for e in events if e["type"] == "file_failed"] == [ESCAPES]
+
+    world.configure_aspera(faults=[])
+    fetched = world.run("-vv", "apply", manifest, "--transport", "https")
+    assert fetched.exit_code == 0, fetched.output
+    assert f"immsync: DEBUG: {ESCAPES_SHOWN}: GET http://" in fetched.stderr  # a log line
+    assert_no_raw_control(fetched.output)
+    landed = world.dest / ESCAPES
+    assert landed.read_text() == f"content of {ESCAPES!r}\n"  # the true name on disk
+    landed.write_text("changed locally\n")
+
+    status = world.run("status", manifest)
+    assert f"modified  {ESCAPES_SHOWN}" in status.stdout
+    assert_no_raw_control(status.output)
+    status_json = world.run("status", manifest, "--json")
+    assert ESCAPES in {f["path"] for f in status_json.json()["files"]}
+    verify = world.run("verify", manifest)
+    assert verify.exit_code == ExitCode.INTEGRITY
+    assert f"modified  {ESCAPES_SHOWN}" in verify.stderr
+    assert_no_raw_control(verify.output)
