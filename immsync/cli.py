@@ -1134,6 +1134,21 @@ def _netrc_credentials(env: Environment) -> tuple[str | None, str | None]:
     path = Path(env.netrc) if env.netrc else env.home / ".netrc"
     if not path.is_file():
         return env.username, env.password
+    # Python checks owner and mode only of a default ~/.netrc it finds itself; a file
+    # named explicitly is read as it is. Whichever file it is holds a password: like
+    # ssh with a key file, refuse one that is not the user's own and private.
+    st = path.stat()
+    if st.st_uid != os.getuid() or st.st_mode & 0o077:
+        problem = (
+            f"it belongs to uid {st.st_uid}, not to you (uid {os.getuid()})"
+            if st.st_uid != os.getuid()
+            else f"its permissions ({st.st_mode & 0o777:o}) let others read or change it"
+        )
+        raise UsageError(
+            f"refusing the netrc file {path}: {problem}",
+            hint=f"a netrc file holds passwords: make it yours and private (chmod 600 {path}), "
+            "or set IMMPORT_USERNAME and IMMPORT_PASSWORD",
+        )
     host = urlsplit(env.token_url).hostname or ""
     try:
         entry = netrc.netrc(str(path)).authenticators(host)

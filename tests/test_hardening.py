@@ -15,8 +15,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import xxhash
-from conftest import World
+from conftest import PASSWORD, World
 
 from immsync.errors import ExitCode
 from immsync.model import StateEntry
@@ -307,3 +308,54 @@ def test_escapes_in_names_are_shown_in_every_human_output(world: World):
     assert verify.exit_code == ExitCode.INTEGRITY
     assert f"modified  {ESCAPES_SHOWN}" in verify.stderr
     assert_no_raw_control(verify.output)
+
+
+# -- 9. a netrc file must be the user's own and private ----------------------------------
+
+
+def netrc_world(world: World, tmp_path: Path, *, named: bool) -> Path:
+    """Credentials only in a netrc file: named by NETRC, or the default ~/.netrc."""
+    home = tmp_path / "home"
+    home.mkdir()
+    netrc = tmp_path / "netrc" if named else home / ".netrc"
+    netrc.write_text(f"machine 127.0.0.1\n  login alice\n  password {PASSWORD}\n")
+    netrc.chmod(0o600)
+    world.env.update(IMMPORT_USERNAME="", IMMPORT_PASSWORD="", HOME=str(home))
+    if named:
+        world.env["NETRC"] = str(netrc)
+    world.write_manifest(STUDY_FILES)
+    return netrc
+
+
+@pytest.mark.parametrize("named", [True, False], ids=["NETRC", "default"])
+@pytest.mark.parametrize("mode", [0o644, 0o640, 0o604, 0o620], ids=lambda mode: f"{mode:o}")
+def test_a_netrc_others_may_read_or_change_is_refused(world: World, tmp_path, named, mode):
+    """A netrc with any group or other permission is refused (exit 2), as ssh refuses keys."""
+    netrc = netrc_world(world, tmp_path, named=named)
+    assert world.run("plan", str(world.manifest_path)).exit_code == 0  # 600: used
+    netrc.chmod(mode)
+    result = world.run("plan", str(world.manifest_path))
+    assert result.exit_code == ExitCode.USAGE, result.output
+    assert result.stderr == (
+        f"error: refusing the netrc file {netrc}: its permissions ({mode:o}) let others "
+        "read or change it\n"
+        f"hint: a netrc file holds passwords: make it yours and private (chmod 600 {netrc}), "
+        "or set IMMPORT_USERNAME and IMMPORT_PASSWORD\n"
+    )
+    assert world.emulator.count("/auth/token") == 1  # only the first run signed in
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="giving a file to another user needs root")
+@pytest.mark.parametrize("named", [True, False], ids=["NETRC", "default"])
+def test_a_netrc_owned_by_someone_else_is_refused(world: World, tmp_path, named):
+    """A private netrc that belongs to another user is refused too (exit 2), naming the owner."""
+    netrc = netrc_world(world, tmp_path, named=named)
+    os.chown(netrc, 4242, 4242)
+    result = world.run("plan", str(world.manifest_path))
+    assert result.exit_code == ExitCode.USAGE, result.output
+    assert (
+        f"error: refusing the netrc file {netrc}: it belongs to uid 4242, not to you (uid 0)\n"
+        in result.stderr
+    )
+    assert "chmod 600" in result.stderr
+    assert world.emulator.count("/auth/token") == 0
