@@ -359,3 +359,42 @@ def test_a_netrc_owned_by_someone_else_is_refused(world: World, tmp_path, named)
     )
     assert "chmod 600" in result.stderr
     assert world.emulator.count("/auth/token") == 0
+
+
+# -- 11. a manifest has a size bound -----------------------------------------------------
+
+MANIFEST_HEAD = "version: 1\ndestination: data\nstudies:\n  - accession: SDY1\n"
+
+
+def padded_manifest(path: Path, size: int, *, filler: str = "#") -> Path:
+    """A valid manifest followed by one comment line, *size* bytes in all."""
+    body = MANIFEST_HEAD + filler * (size - len(MANIFEST_HEAD) - 1) + "\n"
+    path.write_text(body)
+    assert path.stat().st_size == size
+    return path
+
+
+def test_a_manifest_over_10_mib_is_refused_before_parsing(world: World):
+    """10 MiB and a byte (comments, else valid): exit 2 naming the limit, for every command."""
+    manifest = padded_manifest(world.manifest_path, 10 * 2**20 + 1)
+    expected = (
+        f"error: manifest {manifest} is larger than 10 MiB, the most immsync reads; it was "
+        "not parsed\n"
+        "hint: a manifest names studies and folders: name a folder instead of each file below "
+        "it, or select files with include/exclude patterns\n"
+    )
+    for command in ("validate", "plan", "apply", "status", "verify"):
+        result = world.run(command, str(manifest))
+        assert result.exit_code == ExitCode.USAGE, (command, result.output)
+        assert result.stderr == expected, command
+    assert world.emulator.count("/") == 0
+
+
+def test_a_manifest_of_exactly_10_mib_is_read(world: World):
+    """The bound is 10 MiB exactly: a 10 MiB file is parsed (here, to a YAML error)."""
+    # A NUL right after the header: parsing stops there, which keeps the test quick.
+    manifest = padded_manifest(world.manifest_path, 10 * 2**20, filler="\0")
+    result = world.run("validate", str(manifest))
+    assert result.exit_code == ExitCode.USAGE, result.output
+    assert "unacceptable character #x0000" in result.stderr
+    assert "larger than 10 MiB" not in result.stderr
