@@ -750,7 +750,8 @@ def _set_aside_broken_state(path: Path) -> None:
     try:
         # create=False reads even where nothing can be written (a full disk), so a
         # healthy state is never mistaken for a broken one and moved away.
-        StateStore.open(path, create=False).close()
+        with StateStore.open(path, create=False) as store:
+            store.entries()  # every record readable and safe
         return  # readable: nothing to rebuild; missing records are adopted anyway
     except StateError:
         pass

@@ -11,6 +11,7 @@ import json
 import os
 import pty
 import select
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -18,9 +19,12 @@ from pathlib import Path
 import pytest
 import xxhash
 from conftest import PASSWORD, World
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from immsync.errors import ExitCode
 from immsync.model import StateEntry
+from immsync.paths import _suspect, unsafe_reason
 from immsync.state import StateStore, state_path
 from immsync.testing.sampledata import write_file
 
@@ -398,3 +402,109 @@ def test_a_manifest_of_exactly_10_mib_is_read(world: World):
     assert result.exit_code == ExitCode.USAGE, result.output
     assert "unacceptable character #x0000" in result.stderr
     assert "larger than 10 MiB" not in result.stderr
+
+
+# -- 12. paths read from the state are checked like paths from the server ---------------
+
+
+def record_outside_file(world: World, recorded_path: str | bytes) -> Path:
+    """Sync the study, then add a state row, as a hand edit would, for a file outside it.
+
+    The row carries the outside file's true size, time and checksum, so that a reader
+    trusting it would find the file "ok".
+    """
+    world.write_manifest(STUDY_FILES)
+    assert world.apply().exit_code == 0
+    outside = world.root / "outside.txt"
+    outside.write_text("not immsync's\n")
+    st = outside.stat()
+    checksum = f"xxh3_128:{xxhash.xxh3_128(outside.read_bytes()).hexdigest()}"
+    db = sqlite3.connect(state_path(world.dest))
+    try:
+        db.execute(
+            "INSERT INTO files VALUES (?,?,?,?,?,?,?)",
+            (recorded_path, st.st_size, st.st_mtime_ns, checksum, st.st_size, "2020", None),
+        )
+        db.commit()
+    finally:
+        db.close()
+    return outside
+
+
+def assert_refused_as_corrupt(world: World, result, shown: str, reason: str) -> None:
+    assert result.exit_code == ExitCode.LOCAL, result.output
+    state = state_path(world.dest)
+    assert (
+        f"error: the state file {state} is corrupt: it records the path {shown}, which is "
+        f"unsafe: {reason}\n"
+    ) in result.stderr
+    assert f"hint: run `immsync apply --rebuild-state {world.manifest_path}`" in result.stderr
+
+
+def test_a_state_row_leading_outside_is_corrupt_state_for_every_reader(world: World):
+    """verify, status, plan and apply --prune refuse a '..' row (exit 7, hint), touching nothing."""
+    outside = record_outside_file(world, "../outside.txt")
+    manifest = str(world.manifest_path)
+    before = sorted(world.local_files())
+    for args in (
+        ("verify", manifest),
+        ("status", manifest),
+        ("plan", manifest),
+        ("apply", manifest, "--prune", "--max-delete", "100%"),
+    ):
+        result = world.run(*args)
+        assert_refused_as_corrupt(
+            world, result, "'../outside.txt'", "it contains a '..' segment"
+        )
+        assert outside.read_text() == "not immsync's\n", args
+        assert sorted(world.local_files()) == before, args
+
+    rebuilt = world.apply("--rebuild-state", "--prune")
+    assert rebuilt.exit_code == 0, rebuilt.output
+    assert outside.read_text() == "not immsync's\n"
+    with StateStore.open(state_path(world.dest), create=False) as store:
+        assert "../outside.txt" not in store.entries()
+    assert list(world.dest.glob(".immsync/state.sqlite.broken-*"))
+    assert world.run("verify", manifest).exit_code == 0
+
+
+@pytest.mark.parametrize(
+    ("recorded", "shown", "reason"),
+    [
+        ("SDY1/../../outside.txt", "'SDY1/../../outside.txt'", "it contains a '..' segment"),
+        ("ABSOLUTE", None, "it is absolute"),
+        ("SDY1//outside.txt", "'SDY1//outside.txt'", "it contains an empty or '.' segment"),
+        ("SDY1/a\nb", "'SDY1/a\\nb'", "it contains a line break"),
+        (b"../outside.txt", "b'../outside.txt'", "it is not text"),
+    ],
+    ids=["dotdot-inside", "absolute", "empty-segment", "line-break", "blob"],
+)
+def test_every_unsafe_state_row_is_refused_by_verify(world: World, recorded, shown, reason):
+    """Each form of unsafe path, and a path that is not text at all, is a corrupt state."""
+    if recorded == "ABSOLUTE":
+        recorded = str(world.root / "outside.txt")
+        shown = repr(recorded)
+    outside = record_outside_file(world, recorded)
+    result = world.run("verify", str(world.manifest_path))
+    assert_refused_as_corrupt(world, result, shown, reason)
+    assert outside.exists()
+
+
+SEGMENTS = st.sampled_from(
+    ["a", "b.c", "", ".", "..", ".d", "e.", "...", "f\\g", "h\ni", "\0", "\r"]
+)
+
+
+@settings(max_examples=500)
+@given(st.lists(SEGMENTS, min_size=1, max_size=5).map("/".join))
+def test_the_quick_path_check_misses_no_unsafe_path(path):
+    """The substring pre-check flags every path the full rules would refuse."""
+    parts = path.split("/")
+    unsafe = (
+        not path
+        or any(c in path for c in "\0\n\r\\")
+        or path.startswith("/")
+        or any(p in ("", ".", "..") for p in parts)
+    )
+    assert _suspect(path) or not unsafe
+    assert (unsafe_reason(path) is not None) == unsafe

@@ -19,7 +19,7 @@ ALLOWED = {
     "plan": {"model"},
     "manifest": {"errors", "model", "paths"},
     "statedir": {"errors"},
-    "state": {"errors", "model", "statedir"},
+    "state": {"errors", "model", "paths", "statedir"},
     "lock": {"errors", "statedir"},
     "check": {"hashing", "model"},
     "immport": {"errors", "model", "net", "paths", "retry"},  # a package
