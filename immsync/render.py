@@ -30,7 +30,7 @@ from rich.text import Text
 
 from .check import FileCheck, FileState
 from .errors import ImmsyncError
-from .model import Action, FileOutcome, Plan, ProgressEvent, Report, TransferBatch
+from .model import Action, FileOutcome, Plan, ProgressEvent, Report, TransferBatch, staged_name
 
 JSON_ACTIONS = (Action.DOWNLOAD, Action.UPDATE, Action.REPAIR, Action.DELETE)
 
@@ -319,7 +319,7 @@ class _Totals:
     def batch(self, batch: TransferBatch) -> None:
         with self.lock:
             for f in batch.files:
-                self.sizes[f"{batch.label}\0{f.path.rsplit('/', 1)[-1]}"] = f.size
+                self.sizes[f"{batch.label}\0{_progress_name(f.path)}"] = f.size
 
     def progress(self, event: ProgressEvent) -> None:
         key = f"{event.session}\0{event.name.strip()}"
@@ -334,7 +334,7 @@ class _Totals:
         if outcome.action is Action.DELETE:
             return
         with self.lock:
-            name = outcome.path.rsplit("/", 1)[-1]
+            name = _progress_name(outcome.path)
             for key in [k for k in self.in_flight if k.endswith("\0" + name)]:
                 del self.in_flight[key]
             if outcome.ok:
@@ -346,6 +346,11 @@ class _Totals:
     def bytes_now(self) -> int:
         with self.lock:
             return min(self.bytes_total, self.bytes_done + sum(self.in_flight.values()))
+
+
+def _progress_name(path: str) -> str:
+    """The name a transport's progress gives the file at *path*: its staged base name."""
+    return staged_name(path).rpartition("/")[2]
 
 
 class LineReporter:

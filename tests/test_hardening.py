@@ -508,3 +508,134 @@ def test_the_quick_path_check_misses_no_unsafe_path(path):
     )
     assert _suspect(path) or not unsafe
     assert (unsafe_reason(path) is not None) == unsafe
+
+
+# -- 3. long names: refused past the limits, staged so they cannot overflow --------------
+
+# Legal names that no staging suffix may push past 255 bytes: 250 bytes, most of them
+# two-byte characters (the limit counts bytes, not characters), and 255 ASCII bytes.
+LONG_250 = "SDY1/StudyFiles/" + "\u00e9" * 120 + "abcdef.txt"
+LONG_255 = "SDY1/StudyFiles/" + "n" * 251 + ".txt"
+# Names no file system takes: listed by a server, never written.
+NAME_300 = "SDY1/StudyFiles/" + "x" * 296 + ".txt"
+PATH_4100 = "SDY1/StudyFiles/" + "/".join(["d" * 200] * 20) + "/" + "f" * 80 + ".txt"
+
+
+def manifest_row(path: str) -> dict[str, object]:
+    """A study manifest row, as the emulator's legacy world writes one, for *path*."""
+    return {
+        "path": path,
+        "fileName": path.rsplit("/", 1)[-1],
+        "studyAccession": path.split("/", 1)[0],
+        "filesizeBytes": 10,
+        "fileType": "study_file",
+        "generatedMD5": None,
+        "reportedMD5": None,
+        "dateFileUpdated": "2020-01-01T00:00:00.000+00:00",
+        "fileUUID": "00000000-0000-4000-8000-000000000300",
+        "drsObjectCreated": True,
+    }
+
+
+@pytest.mark.parametrize("transport", ["ascp", "https"])
+def test_long_names_land_and_too_long_ones_are_refused(world: World, transport):
+    """Names of 250 and 255 bytes land; a 300-byte name and a 4,100-byte path are refused by
+    name while everything else syncs (exit 4); nothing crashes, staging is left clean."""
+    assert len(LONG_250.rsplit("/", 1)[1].encode()) == 250
+    assert len(LONG_255.rsplit("/", 1)[1].encode()) == 255
+    assert len(PATH_4100.encode()) > 4096
+    for path in (LONG_250, LONG_255):
+        write_file(world.remote, path, f"content of {path[-20:]}\n")
+    world.emulator.manifest_extra_rows["SDY1"] = [manifest_row(NAME_300), manifest_row(PATH_4100)]
+    world.write_manifest(STUDY_FILES)
+    options = ("--transport", transport)
+
+    plan = world.run("plan", str(world.manifest_path), "--json")
+    assert plan.exit_code == ExitCode.REMOTE, plan.output
+    document = plan.json()
+    planned = {a["path"] for a in document["actions"]}
+    assert {LONG_250, LONG_255} <= planned and not {NAME_300, PATH_4100} & planned
+    assert (
+        f"refused remote entry {NAME_300!r}: a name in it is 300 bytes long, more than the "
+        "255 a file system allows" in document["problems"]
+    )
+    assert (
+        f"refused remote entry {PATH_4100!r}: it is {len(PATH_4100)} bytes long, more than "
+        "the 4096 a path may have" in document["problems"]
+    )
+
+    result = world.apply(*options, "--json")
+    assert result.exit_code == ExitCode.REMOTE, result.output
+    assert "Traceback" not in result.output
+    assert f"refused remote entry {NAME_300!r}" in result.stderr
+    summary = [json.loads(line) for line in result.stdout.splitlines()][-1]
+    assert summary["type"] == "summary" and summary["result"]["failures"] == []
+    expected = sorted(
+        p.relative_to(world.remote).as_posix()
+        for p in (world.remote / "SDY1" / "StudyFiles").rglob("*")
+        if p.is_file()
+    )
+    assert world.local_files() == expected
+    for path in (LONG_250, LONG_255):
+        assert (world.dest / path).read_bytes() == (world.remote / path).read_bytes()
+    assert [p for p in (world.dest / ".immsync" / "staging").rglob("*") if p.is_file()] == []
+
+    if transport == "ascp":
+        assert world.sessions(), "the files travelled through the stand-in ascp"
+    else:
+        assert world.sessions() == [] and world.emulator.bytes_served() > 0
+
+    again = world.apply(*options)
+    assert again.exit_code == ExitCode.REMOTE, again.output
+    assert "0 downloaded" in again.stderr or "Up to date" in again.stdout + again.stderr
+    assert world.run("verify", str(world.manifest_path)).exit_code == 0
+
+
+@pytest.mark.parametrize("transport", ["ascp", "https"])
+def test_an_unexpected_os_error_fails_that_file_only(world: World, transport):
+    """A symlink loop where a listed file's folder belongs (ELOOP): that file fails, the
+    rest syncs and is recorded (exit 5), with no traceback, in plan as in apply."""
+    looped = "SDY1/StudyFiles/sub/deeper.txt"
+    write_file(world.remote, looped, "deeper\n")
+    world.write_manifest(STUDY_FILES)
+    loop = world.dest / "SDY1" / "StudyFiles" / "sub"
+    loop.parent.mkdir(parents=True)
+    loop.symlink_to("sub")  # itself: every lookup through it fails with ELOOP
+
+    plan = world.run("plan", str(world.manifest_path))
+    assert plan.exit_code == 0, plan.output
+    assert f"  {looped}  (not present locally)" in plan.stdout
+
+    result = world.apply("--transport", transport)
+    assert result.exit_code == ExitCode.TRANSFER, result.output
+    assert "Traceback" not in result.output
+    assert f"\n  {looped}: cannot place the verified file" in result.stderr
+    others = sorted(
+        p.relative_to(world.remote).as_posix()
+        for p in (world.remote / "SDY1" / "StudyFiles").iterdir()
+        if p.is_file()
+    )
+    with StateStore.open(state_path(world.dest), create=False) as store:
+        assert sorted(store.entries()) == others
+    assert loop.is_symlink() and os.readlink(loop) == "sub"
+
+
+def test_a_staged_leftover_that_cannot_be_removed_fails_that_file_only(world: World):
+    """A folder where an old partial download of a file lies (EISDIR when removing it):
+    that file is not fetched and is named (exit 5); the rest syncs."""
+    stuck = "SDY1/StudyFiles/Study_design.txt"
+    world.write_manifest(STUDY_FILES)
+    (world.dest / ".immsync" / "staging" / (stuck + ".partial")).mkdir(parents=True)
+
+    result = world.apply()
+    assert result.exit_code == ExitCode.TRANSFER, result.output
+    assert "Traceback" not in result.output
+    assert f"\n  {stuck}: cannot remove the download of another version, " in result.stderr
+    assert "Is a directory" in result.stderr
+    others = {
+        p.relative_to(world.remote).as_posix()
+        for p in (world.remote / "SDY1" / "StudyFiles").iterdir()
+        if p.is_file()
+    } - {stuck}
+    with StateStore.open(state_path(world.dest), create=False) as store:
+        assert set(store.entries()) == others

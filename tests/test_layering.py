@@ -14,7 +14,7 @@ ALLOWED = {
     "errors": set(),
     "model": set(),
     "hashing": set(),
-    "paths": {"errors"},
+    "paths": {"errors", "model"},
     "retry": set(),
     "plan": {"model"},
     "manifest": {"errors", "model", "paths"},
