@@ -446,7 +446,8 @@ class AscpTransfer:
                 pair_list = Path(name)
                 with os.fdopen(fd, "wb") as fh:
                     for file in batch.files:
-                        fh.write(f"{file.remote_path}\n{file.path}\n".encode())
+                        staged = model.staged_name(file.path)
+                        fh.write(f"{file.remote_path}\n{staged}\n".encode())
             except OSError as exc:
                 # A full or read-only disk shows here first: say so, as ascp would.
                 reason = f"cannot write the file list in {self._workdir}: {exc.strerror or exc}"

@@ -63,6 +63,7 @@ from .render import (
     plan_to_json,
     report_summary,
     report_to_json,
+    visible,
 )
 from .retry import RetryPolicy
 from .shard import (
@@ -317,7 +318,7 @@ def _errors_to_exit_codes() -> Iterator[None]:
         os.close(devnull)
         raise typer.Exit(int(ExitCode.BROKEN_PIPE)) from None
     except ImmsyncError as exc:
-        typer.echo(f"error: {_with_manifest_named(str(exc))}", err=True)
+        typer.echo(visible(f"error: {_with_manifest_named(str(exc))}"), err=True)
         raise typer.Exit(int(exc.exit_code)) from None
     except KeyboardInterrupt as exc:
         # Outside the transfers (listing, planning, verifying) nothing is half-written:
@@ -372,7 +373,7 @@ def _raise_terminated(signum: int, frame: FrameType | None) -> None:
 
 def _out(text: str = "") -> None:
     if not _ctx.quiet:
-        typer.echo(text)
+        typer.echo(visible(text))
 
 
 def _print_json(data: Any) -> None:
@@ -785,7 +786,8 @@ def _set_aside_broken_state(path: Path) -> None:
     try:
         # create=False reads even where nothing can be written (a full disk), so a
         # healthy state is never mistaken for a broken one and moved away.
-        StateStore.open(path, create=False).close()
+        with StateStore.open(path, create=False) as store:
+            store.entries()  # every record readable and safe
         return  # readable: nothing to rebuild; missing records are adopted anyway
     except StateError:
         pass
@@ -1169,6 +1171,21 @@ def _netrc_credentials(env: Environment) -> tuple[str | None, str | None]:
     path = Path(env.netrc) if env.netrc else env.home / ".netrc"
     if not path.is_file():
         return env.username, env.password
+    # Python checks owner and mode only of a default ~/.netrc it finds itself; a file
+    # named explicitly is read as it is. Whichever file it is holds a password: like
+    # ssh with a key file, refuse one that is not the user's own and private.
+    st = path.stat()
+    if st.st_uid != os.getuid() or st.st_mode & 0o077:
+        problem = (
+            f"it belongs to uid {st.st_uid}, not to you (uid {os.getuid()})"
+            if st.st_uid != os.getuid()
+            else f"its permissions ({st.st_mode & 0o777:o}) let others read or change it"
+        )
+        raise UsageError(
+            f"refusing the netrc file {path}: {problem}",
+            hint=f"a netrc file holds passwords: make it yours and private (chmod 600 {path}), "
+            "or set IMMPORT_USERNAME and IMMPORT_PASSWORD",
+        )
     host = urlsplit(env.token_url).hostname or ""
     try:
         entry = netrc.netrc(str(path)).authenticators(host)

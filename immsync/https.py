@@ -769,7 +769,7 @@ def _connection_error(
 
 
 def _staged_path(staging: Path, relative: str) -> Path:
-    parts = PurePosixPath(relative).parts
+    parts = PurePosixPath(model.staged_name(relative)).parts
     if (
         not relative
         or relative.startswith("/")
@@ -854,7 +854,7 @@ def _progress(emit: Callable[[model.ProgressEvent], None], job: _Job, done: int)
     emit(
         model.ProgressEvent(
             session=job.label,
-            name=PurePosixPath(job.file.path).name,
+            name=PurePosixPath(model.staged_name(job.file.path)).name,
             percent=100 if size == 0 else min(100, done * 100 // size),
             bytes_done=done,
         )

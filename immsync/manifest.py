@@ -46,6 +46,11 @@ log = logging.getLogger(__name__)
 ALIAS_EXPANSION_LIMIT = 100_000
 """How many values YAML aliases may add to a manifest (a "billion laughs" guard)."""
 
+MAX_MANIFEST_BYTES = 10 * 1024 * 1024
+"""The largest manifest read, in bytes (10 MiB). A manifest names studies and folders;
+checking one costs about a third of a second and 3 MB of memory per MB of YAML, so a
+larger file is refused before it is parsed."""
+
 _Path = tuple[Any, ...]
 """A JSON path: mapping keys and list indexes from the document root."""
 _Problem = tuple[int, int, str, str]
@@ -164,7 +169,8 @@ def study_roots(study: model.StudySelection) -> list[str]:
 
 def _read(path: Path) -> bytes:
     try:
-        return path.read_bytes()
+        with path.open("rb") as fh:
+            raw = fh.read(MAX_MANIFEST_BYTES + 1)
     except FileNotFoundError as exc:
         raise ManifestError(
             f"manifest {path} does not exist",
@@ -185,6 +191,14 @@ def _read(path: Path) -> bytes:
             f"cannot read manifest {path}: {exc.strerror or exc}",
             hint="check that the file exists and is readable",
         ) from exc
+    if len(raw) > MAX_MANIFEST_BYTES:
+        raise ManifestError(
+            f"manifest {path} is larger than {MAX_MANIFEST_BYTES // 2**20} MiB, the most "
+            "immsync reads; it was not parsed",
+            hint="a manifest names studies and folders: name a folder instead of each file "
+            "below it, or select files with include/exclude patterns",
+        )
+    return raw
 
 
 def _interpret(path: Path, data: dict[str, Any]) -> model.Manifest:

@@ -9,23 +9,44 @@ leads out of the destination).
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path, PurePosixPath
 
 from .errors import UnsafePath
+from .model import MAX_NAME_BYTES, MAX_PATH_BYTES
 
 _FORBIDDEN_CHARS = {"\0": "a NUL byte", "\n": "a line break", "\r": "a carriage return"}
 
 
-# Anything any rule below could object to: a forbidden character, a leading "/", or
-# an empty, "." or ".." segment. One search clears the common case, a safe path,
-# cheaply; it runs for every file of a listing.
-_SUSPECT = re.compile(r"[\0\n\r\\]|^/|(?:^|/)\.{0,2}(?:/|$)")
+def _suspect(path: str) -> bool:
+    """Whether any rule of ``unsafe_reason`` could object to *path*.
+
+    True for every unsafe path (and for a few safe ones, such as ``a/.hidden``): a
+    forbidden character, a leading "/" or ".", a trailing "/", or a "/." or "//" that
+    may start a "." or ".." segment or make an empty one. Substring tests, because this
+    runs for every file of a listing and every record of the state: they cost a fifth
+    of a regular expression's search.
+    """
+    return (
+        not path
+        or path[0] in "/."
+        or path[-1] == "/"
+        or "/." in path
+        or "//" in path
+        or "\0" in path
+        or "\n" in path
+        or "\r" in path
+        or "\\" in path
+    )
 
 
 def unsafe_reason(path: str) -> str | None:
-    """Why *path* is not a safe destination-relative POSIX path, or None if it is."""
-    if path and _SUSPECT.search(path) is None:
+    """Why *path* is not a safe destination-relative POSIX path, or None if it is.
+
+    Safe means it stays inside the destination and a file system can hold it: no name
+    in it longer than 255 bytes, and at most 4,096 bytes in all.
+    """
+    # Up to 255 ASCII characters, no name can be too long: decided without encoding.
+    if not _suspect(path) and len(path) <= MAX_NAME_BYTES and path.isascii():
         return None
     if not path:
         return "it is empty"
@@ -41,6 +62,19 @@ def unsafe_reason(path: str) -> str | None:
         return "it contains a '..' segment"
     if any(p in ("", ".") for p in parts):
         return "it contains an empty or '.' segment"
+    return _length_reason(path)
+
+
+def _length_reason(path: str) -> str | None:
+    size = len(path.encode("utf-8", "surrogatepass"))
+    if size > MAX_PATH_BYTES:
+        return f"it is {size} bytes long, more than the {MAX_PATH_BYTES} a path may have"
+    longest = max(len(p.encode("utf-8", "surrogatepass")) for p in path.split("/"))
+    if longest > MAX_NAME_BYTES:
+        return (
+            f"a name in it is {longest} bytes long, more than the {MAX_NAME_BYTES} a file "
+            "system allows"
+        )
     return None
 
 

@@ -7,6 +7,8 @@ library module imports this one; only ``cli`` does.
 from __future__ import annotations
 
 import json
+import logging
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -24,12 +26,46 @@ from rich.progress import (
     TimeRemainingColumn,
     TransferSpeedColumn,
 )
+from rich.text import Text
 
 from .check import FileCheck, FileState
 from .errors import ImmsyncError
-from .model import Action, FileOutcome, Plan, ProgressEvent, Report, TransferBatch
+from .model import Action, FileOutcome, Plan, ProgressEvent, Report, TransferBatch, staged_name
 
 JSON_ACTIONS = (Action.DOWNLOAD, Action.UPDATE, Action.REPAIR, Action.DELETE)
+
+# What a terminal or a log viewer would act on instead of showing: C0 and C1 control
+# characters (an ESC starts the CSI and OSC sequences that recolour, clear or retitle a
+# terminal) except the tab and line feed that lay out immsync's own messages; DEL; the
+# Unicode controls that reorder how a line reads; and lone surrogates, which cannot be
+# encoded for output at all. File names come from the server and may hold any of them.
+_INVISIBLE = re.compile(
+    "[\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069"
+    "\ud800-\udfff]"
+)
+
+
+def visible(text: str) -> str:
+    """*text* with every control character shown as an escape: ESC becomes ``\\x1b``.
+
+    Every human-readable line goes through this (JSON output keeps the true names:
+    JSON escapes them itself).
+    """
+    if _INVISIBLE.search(text) is None:
+        return text
+    return _INVISIBLE.sub(_escape, text)
+
+
+def _escape(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+class VisibleFormatter(logging.Formatter):
+    """A log formatter whose lines never carry a raw control character (see ``visible``)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return visible(super().format(record))
 
 
 def format_size(n: float) -> str:
@@ -240,7 +276,12 @@ def create_log_config(verbose: int, quiet: bool) -> dict[str, Any]:
     return {
         "version": 1,
         "disable_existing_loggers": False,
-        "formatters": {"plain": {"format": "immsync: %(levelname)s: %(message)s"}},
+        "formatters": {
+            "plain": {
+                "class": f"{__name__}.VisibleFormatter",
+                "format": "immsync: %(levelname)s: %(message)s",
+            }
+        },
         "handlers": {
             "stderr": {
                 "class": "logging.StreamHandler",
@@ -278,7 +319,7 @@ class _Totals:
     def batch(self, batch: TransferBatch) -> None:
         with self.lock:
             for f in batch.files:
-                self.sizes[f"{batch.label}\0{f.path.rsplit('/', 1)[-1]}"] = f.size
+                self.sizes[f"{batch.label}\0{_progress_name(f.path)}"] = f.size
 
     def progress(self, event: ProgressEvent) -> None:
         key = f"{event.session}\0{event.name.strip()}"
@@ -293,7 +334,7 @@ class _Totals:
         if outcome.action is Action.DELETE:
             return
         with self.lock:
-            name = outcome.path.rsplit("/", 1)[-1]
+            name = _progress_name(outcome.path)
             for key in [k for k in self.in_flight if k.endswith("\0" + name)]:
                 del self.in_flight[key]
             if outcome.ok:
@@ -307,6 +348,11 @@ class _Totals:
             return min(self.bytes_total, self.bytes_done + sum(self.in_flight.values()))
 
 
+def _progress_name(path: str) -> str:
+    """The name a transport's progress gives the file at *path*: its staged base name."""
+    return staged_name(path).rpartition("/")[2]
+
+
 class LineReporter:
     """For logs: a plain line every *interval* seconds, no carriage returns."""
 
@@ -317,7 +363,7 @@ class LineReporter:
         interval: float = 5.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self._write = write
+        self._write_raw = write
         self._interval = interval
         self._clock = clock
         self._last = clock()
@@ -353,6 +399,9 @@ class LineReporter:
             f"{batch.label}: retrying {len(batch.files)} file(s) in {delay:.1f} s: {error.message}"
         )
 
+    def _write(self, line: str) -> None:
+        self._write_raw(visible(line))
+
     def _maybe_line(self) -> None:
         now = self._clock()
         if now - self._last < self._interval:
@@ -373,8 +422,9 @@ class RichReporter:
     def __init__(self, console: Console) -> None:
         self._console = console
         self._totals = _Totals()
+        # Descriptions hold file names: never read as markup.
         self._progress = Progress(
-            TextColumn("{task.description}"),
+            TextColumn("{task.description}", markup=False),
             BarColumn(),
             DownloadColumn(binary_units=True),
             TransferSpeedColumn(),
@@ -383,7 +433,7 @@ class RichReporter:
             transient=True,
         )
         self._files = Progress(
-            TextColumn("{task.description}"),
+            TextColumn("{task.description}", markup=False),
             BarColumn(),
             MofNCompleteColumn(),
             TimeElapsedColumn(),
@@ -401,9 +451,9 @@ class RichReporter:
     def plan_ready(self, plan: Plan) -> None:
         self._totals.start(plan)
         for note in plan.notes:
-            self._console.print(f"note: {note}", highlight=False)
+            self._print(Text(visible(f"note: {note}")))
         if plan:
-            self._console.print(plan_summary(plan), highlight=False)
+            self._print(Text(plan_summary(plan)))
         if not plan.to_fetch:
             return
         from rich.console import Group
@@ -422,7 +472,7 @@ class RichReporter:
         with self._lock:
             if batch.label not in self._sessions:
                 self._sessions[batch.label] = self._files.add_task(
-                    f"{batch.label}", total=len(batch.files)
+                    visible(batch.label), total=len(batch.files)
                 )
 
     def progress(self, event: ProgressEvent) -> None:
@@ -438,22 +488,37 @@ class RichReporter:
                     if (event.session, name) not in self._arrived:
                         self._arrived.add((event.session, name))
                         advance = 1
-            self._files.update(task, description=f"{event.session}: {name}", advance=advance)
+            self._files.update(
+                task, description=visible(f"{event.session}: {name}"), advance=advance
+            )
 
     def file_done(self, outcome: FileOutcome) -> None:
         self._totals.done(outcome)
         if not outcome.ok:
-            self._console.print(f"[red]failed[/red]: {outcome.path}: {outcome.error}")
+            self._print(
+                Text.assemble(("failed", "red"), visible(f": {outcome.path}: {outcome.error}"))
+            )
         if self._files_task is not None and outcome.action is not Action.DELETE:
             self._files.update(self._files_task, completed=self._totals.files_done)
         if self._bytes_task is not None:
             self._progress.update(self._bytes_task, completed=self._totals.bytes_now())
 
     def retrying(self, batch: TransferBatch, error: ImmsyncError, delay: float) -> None:
-        self._console.print(
-            f"[yellow]{batch.label}: retrying {len(batch.files)} file(s) in {delay:.1f} s"
-            f"[/yellow]: {error.message}"
+        self._print(
+            Text.assemble(
+                (
+                    visible(
+                        f"{batch.label}: retrying {len(batch.files)} file(s) in {delay:.1f} s"
+                    ),
+                    "yellow",
+                ),
+                visible(f": {error.message}"),
+            )
         )
+
+    def _print(self, line: Text) -> None:
+        # A Text is printed as it is: names in it are never read as markup or emoji codes.
+        self._console.print(line, highlight=False)
 
     def close(self) -> None:
         if self._live:

@@ -22,6 +22,7 @@ from types import TracebackType
 
 from .errors import StateError
 from .model import StateEntry
+from .paths import unsafe_reason
 from .statedir import STATE_DIRNAME as STATE_DIRNAME
 from .statedir import check_file_or_absent, private_folder
 
@@ -205,17 +206,34 @@ class StateStore:
         self._db.execute("COMMIT")
 
     def entries(self) -> dict[str, StateEntry]:
-        """Every recorded file, by path."""
+        """Every recorded file, by path.
+
+        Raises:
+            StateError: the state is corrupt, or records a path that would lead outside
+                the destination (see ``paths.unsafe_reason``).
+        """
         try:
             # Straight from the cursor: a fetchall() list of 100,000 row tuples would
             # only add to the peak memory of planning.
             rows = self._db.execute(f"SELECT {_COLUMNS} FROM files")  # noqa: S608 - constant
-            return {row[0]: StateEntry._make(row) for row in rows}
+            entries = {row[0]: StateEntry._make(row) for row in rows}
         except sqlite3.DatabaseError as exc:
             raise StateError(
                 f"the state file {self.path} is corrupt: {exc}",
                 hint=_REBUILD_HINT.format(path=self.path),
             ) from exc
+        # The state is a file anyone who can write the destination can edit: a recorded
+        # path is trusted no more than one from the server. Every reader (plan, apply,
+        # prune, status, verify, shards) gets its records here, so this is the one check.
+        for path in entries:
+            reason = unsafe_reason(path) if isinstance(path, str) else "it is not text"
+            if reason is not None:
+                raise StateError(
+                    f"the state file {self.path} is corrupt: it records the path {path!r}, "
+                    f"which is unsafe: {reason}",
+                    hint=_REBUILD_HINT.format(path=self.path),
+                )
+        return entries
 
     def record(self, entries: Iterable[StateEntry]) -> None:
         """Record *entries* in one transaction: all of them, or (on a crash) none."""

@@ -45,6 +45,8 @@ from .errors import (
 )
 from .hashing import Digests, file_digests
 from .model import (
+    IN_TRANSIT_SUFFIXES,
+    STAGING_SUFFIXES,
     Action,
     FileOutcome,
     Manifest,
@@ -59,6 +61,7 @@ from .model import (
     Transfer,
     TransferBatch,
     file_type_of,
+    staged_name,
 )
 from .paths import resolve_inside, unsafe_reason
 from .plan import make_plan, needs_hash
@@ -70,12 +73,8 @@ log = logging.getLogger(__name__)
 
 STAGING_DIRNAME = "staging"
 _DESTINATION_UNUSABLE = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS})
-# What ascp may leave of one file in staging: the file, its partial-file-suffix form,
-# and the resume sidecars of either.
-# Beside a staged file while a transport still works on it: ascp's partial file and
-# resume checkpoint (named after either form).
-_IN_TRANSIT_SUFFIXES = (".partial", ".aspx", ".partial.aspx")
-_STAGED_SUFFIXES = ("", *_IN_TRANSIT_SUFFIXES, ".etag")
+# What a transport may leave of one file in staging: the file and its suffixed forms.
+_STAGED_SUFFIXES = ("", *STAGING_SUFFIXES)
 
 
 class Reporter(Protocol):
@@ -351,9 +350,12 @@ def observe_local(
     # Plain strings: a Path per file cost more than the lstat itself at 100,000 files.
     base = os.fspath(destination) + "/"
     for path in paths:
+        # A file that cannot be examined (no permission, a path too long for this
+        # destination) is treated as missing: its fetch then fails, or replaces it,
+        # on its own, and names it; the rest of the plan stands.
         try:
             st = os.lstat(base + path)
-        except (FileNotFoundError, NotADirectoryError):
+        except OSError:
             observed[path] = None
             continue
         if not _is_regular(st.st_mode):
@@ -363,8 +365,11 @@ def observe_local(
             continue
         checksum = None
         if needs_hash(state.get(path), st.st_size, st.st_mtime_ns):
-            # Changed since we recorded it: maybe being rewritten now, so not mapped.
-            checksum = file_digests(destination / path, mapped=False).checksum
+            try:
+                checksum = file_digests(destination / path).checksum
+            except OSError:
+                observed[path] = None
+                continue
         observed[path] = Observed(st.st_size, st.st_mtime_ns, checksum)
     return observed
 
@@ -390,7 +395,7 @@ def adopt_local_files(
         target = destination / path
         try:
             st = target.lstat()
-        except (FileNotFoundError, NotADirectoryError):
+        except OSError:  # missing, or not ours to examine: fetched as usual
             continue
         if not _is_regular(st.st_mode) or st.st_size != remote.size:
             continue
@@ -404,7 +409,7 @@ def adopt_local_files(
         except UnsafePath:
             continue
         try:
-            digests = file_digests(target, md5=remote.md5 is not None, mapped=False)
+            digests = file_digests(target, md5=remote.md5 is not None)
         except OSError:
             continue
         if remote.md5 is not None and digests.md5 != remote.md5:
@@ -894,8 +899,12 @@ class Applier:
     ) -> None:
         pending = {item.path: item for item in items}
         # Transfers write only into folders checked to be ours, never through a link.
-        prepare_parents(self.staging, pending)
-        self._discard_stale_staging([item.remote for item in items if item.remote is not None])
+        prepare_parents(self.staging, map(staged_name, pending))
+        stuck = self._discard_stale_staging(
+            [item.remote for item in items if item.remote is not None]
+        )
+        for path, problem in stuck.items():
+            self._fail(pending.pop(path), report, problem)
         backoff = delays(self.options.retry, self._rng)
         checksum_retries: set[str] = set()
         attempt = 0
@@ -996,15 +1005,29 @@ class Applier:
             )
             self._sleep(delay)
 
-    def _discard_stale_staging(self, files: Sequence[RemoteFile]) -> None:
-        """Never resume a partial download of another upstream version of a file."""
+    def _discard_stale_staging(self, files: Sequence[RemoteFile]) -> dict[str, str]:
+        """Never resume a partial download of another upstream version of a file.
+
+        Returns:
+            The paths whose leftovers could not be removed, with why: they are not
+            fetched, since a transport would resume the other version's bytes.
+        """
         stale = self.store.claim_staging([(f.path, f.size, f.mtime, f.md5) for f in files])
+        stuck: dict[str, str] = {}
         if not self._staging_had_files:
-            return
+            return stuck
         for path in stale:
-            base = self.staging / path
+            base = self.staging / staged_name(path)
             for suffix in _STAGED_SUFFIXES:
-                base.with_name(base.name + suffix).unlink(missing_ok=True)
+                leftover = base.with_name(base.name + suffix)
+                try:
+                    leftover.unlink(missing_ok=True)
+                except OSError as exc:
+                    stuck[path] = (
+                        f"cannot remove the download of another version, {leftover}: "
+                        f"{exc.strerror or exc}"
+                    )
+        return stuck
 
     def _wait_unless_stopped(self, seconds: float) -> None:
         self._stop.wait(seconds)
@@ -1032,11 +1055,13 @@ class Applier:
         """
         remote = item.remote
         assert remote is not None
-        staged = self.staging / remote.path
+        staged = self.staging / staged_name(remote.path)
         try:
             st = staged.lstat()
         except (FileNotFoundError, NotADirectoryError):
             return None
+        except OSError as exc:
+            return self._fail(item, report, f"cannot examine {staged}: {exc.strerror or exc}")
         if not _is_regular(st.st_mode):
             return self._fail(item, report, f"the transfer left a non-file at {staged}")
         if st.st_size < remote.size and not finished:
@@ -1046,7 +1071,8 @@ class Applier:
                 item, remote, staged, hashed if hashed and hashed.describes(st) else None
             )
         except ChecksumMismatch as exc:
-            staged.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):  # else overwritten, or fails once more
+                staged.unlink(missing_ok=True)
             if remote.path not in checksum_retries:
                 checksum_retries.add(remote.path)
                 log.warning("%s; fetching it once more", exc.message)
@@ -1054,6 +1080,10 @@ class Applier:
             return self._fail(item, report, _without_path(exc.message, remote.path))
         except (LocalIOError, UnsafePath) as exc:
             return self._fail(item, report, _without_path(exc.message, remote.path))
+        except OSError as exc:
+            # Unexpected, and about this file alone (no run-wide cause is known): the
+            # file fails, the run goes on.
+            return self._fail(item, report, f"cannot place it: {exc.strerror or exc}")
         with self._lock:
             report.outcomes.append(outcome)
         self.reporter.file_done(outcome)
@@ -1159,8 +1189,9 @@ class Applier:
         if self.cancel.is_set():
             return  # an interrupted run keeps everything for the next one to resume
         self.store.release_staging(keep)
+        kept = {staged_name(path) for path in keep}
         remove_files_below(
-            self.staging, keep=lambda relative: any(relative.startswith(k) for k in keep)
+            self.staging, keep=lambda relative: any(relative.startswith(k) for k in kept)
         )
 
 
@@ -1195,7 +1226,7 @@ class _EarlyHashes:
         self._pool = pool
         self._by_name: dict[str, list[RemoteFile]] = {}
         for file in files:
-            self._by_name.setdefault(file.path.rpartition("/")[2], []).append(file)
+            self._by_name.setdefault(staged_name(file.path).rpartition("/")[2], []).append(file)
         self._futures: dict[str, Future[_Hashed | None]] = {}
 
     def file_done(self, name: str) -> None:
@@ -1210,12 +1241,12 @@ class _EarlyHashes:
         return {path: hashed for path, hashed in done.items() if hashed is not None}
 
     def _hash(self, file: RemoteFile) -> _Hashed | None:
-        staged = self._staging / file.path
+        staged = self._staging / staged_name(file.path)
         try:
             st = staged.lstat()
             if not stat.S_ISREG(st.st_mode) or st.st_size != file.size:
                 return None
-            for suffix in _IN_TRANSIT_SUFFIXES:
+            for suffix in IN_TRANSIT_SUFFIXES:
                 if os.path.lexists(f"{staged}{suffix}"):
                     return None  # the transport is not done with it after all
             digests = file_digests(staged, md5=file.md5 is not None)

@@ -26,9 +26,9 @@ variant (``bearer``/``Bearer``, paths with or without slashes, ``paths`` as a st
 a list).
 
 Tests drive it over real sockets and bend it with plain attributes: in both worlds
-``inject`` (faults), ``latency``, ``manifest_available``, ``md5_overrides``,
-``study_releases``, ``drs_link_lifetime``; in the legacy world ``token_reply_keys``,
-``listing_overrides`` and ``expire_bearer_tokens``; in today's world
+``inject`` (faults), ``latency``, ``manifest_available``, ``manifest_extra_rows``,
+``md5_overrides``, ``study_releases``, ``drs_link_lifetime``; in the legacy world
+``token_reply_keys``, ``listing_overrides`` and ``expire_bearer_tokens``; in today's world
 ``allow_password_sign_in``, ``manifest_wrap_content``, ``manifest_bool_drs``,
 ``manifest_datetime_dates``, ``manifest_null_md5``, ``manifest_no_drs``,
 ``manifest_extra_fields``, ``drs_inline_access_url``, ``drs_md5_overrides`` and
@@ -303,6 +303,9 @@ class Emulator:
         """False: no manifest route at all (404, as a deployment from before the Shared
         Data API), so clients fall back to the legacy listing."""
         self.md5_overrides: dict[str, str] = {}
+        self.manifest_extra_rows: dict[str, list[dict[str, Any]]] = {}
+        """Accession -> rows appended as given to that study's manifest: files no disk
+        could hold (a hostile or broken server's entries)."""
         self.listing_overrides: dict[str, list[dict[str, Any]]] = {}
         self.study_releases: dict[str, str | None] = {}
         """Accession -> the study summary's ``latestDataReleaseVersion``; by default the
@@ -1123,13 +1126,16 @@ class Emulator:
         if wanted != "all":
             details = [d for d in details if d[0]["fileType"] == wanted]
         rows = [row for row, _ in details]
+        extra = self.manifest_extra_rows.get(accession, [])
+        rows += extra
         if (query.get("format") or ["json"])[0] == "tsv":
             keys = list(rows[0]) if rows else ["path"]
             lines = ["\t".join(keys)]
             lines += ["\t".join("" if r[k] is None else str(r[k]) for k in keys) for r in rows]
             return _Reply(200, ("\n".join(lines) + "\n").encode(), "text/tab-separated-values")
         # The same bytes as _compact(rows), from each row's cached JSON.
-        listed = b"[" + b",".join(blob for _, blob in details) + b"]"
+        blobs = [*(blob for _, blob in details), *(_compact(row) for row in extra)]
+        listed = b"[" + b",".join(blobs) + b"]"
         if today and self.manifest_wrap_content:
             listed = b'{"content":' + listed + b"}"
         return _Reply(200, listed)
