@@ -223,10 +223,17 @@ _KINDS: tuple[tuple[str, re.Pattern[str]], ...] = (
     ("disk", re.compile(r"Disk write failed|No space left|Disk quota exceeded", re.IGNORECASE)),
     ("not_found", re.compile(r"No such file or directory", re.IGNORECASE)),
     (
+        "unreachable",
+        re.compile(
+            r"Failed to open TCP connection|Client unable to connect|Connection refused"
+            r"|failed to open connection",
+            re.IGNORECASE,
+        ),
+    ),
+    (
         "transient",
         re.compile(
-            r"Data transfer stalled|Failed to open TCP connection|Client unable to connect"
-            r"|Connection (?:lost|abandoned|refused|reset)|timed out|failed to open connection"
+            r"Data transfer stalled|Connection (?:lost|abandoned|reset)|timed out"
             r"|killed by signal|interrupted by signal",
             re.IGNORECASE,
         ),
@@ -234,12 +241,15 @@ _KINDS: tuple[tuple[str, re.Pattern[str]], ...] = (
 )
 
 
-def classify(reason: str) -> str:
-    """The ``TransferError.kind`` for an ascp error text (``permanent`` when unknown)."""
+def classify(reason: str) -> errors.Failure:
+    """Why ascp failed, from its own words (``PERMANENT`` when they are unknown).
+
+    The one place that reads ascp's wording: everything after this asks the failure.
+    """
     for kind, pattern in _KINDS:
         if pattern.search(reason):
-            return kind
-    return "permanent"
+            return errors.Failure(kind)
+    return errors.Failure.PERMANENT
 
 
 def parse_progress(line: str) -> tuple[str, int, int, str | None] | None:
@@ -254,7 +264,7 @@ def parse_progress(line: str) -> tuple[str, int, int, str | None] | None:
     return match["name"], min(int(match["percent"]), 100), shown, match["rate"]
 
 
-def _hint(kind: str, settings: AscpSettings, staging: Path) -> str:
+def _hint(kind: errors.Failure, settings: AscpSettings, staging: Path) -> str:
     target = f"{settings.host} (TCP and UDP port {settings.port})"
     return {
         "auth": f"ascp could not log in to {settings.host} as {settings.user}: check that "
@@ -266,7 +276,9 @@ def _hint(kind: str, settings: AscpSettings, staging: Path) -> str:
         "not_found": "ImmPort lists this file, but its Aspera server does not have it; "
         "try again later, or report it to ImmPort.",
         "disk": f"Check free space and write permission under {staging}.",
-        "transient": f"The network path to {target} failed; check that a firewall lets "
+        "transient": f"The transfer from {target} broke off; partial files resume on the "
+        "retry.",
+        "unreachable": f"The network path to {target} failed; check that a firewall lets "
         "both through, then retry (partial files resume).",
         "interrupted": "The transfer was stopped; partial files stay and resume next time.",
     }.get(kind, "Run with --verbose to see the ascp command line and its whole output.")
@@ -455,8 +467,8 @@ class AscpTransfer:
                     f"ascp session {session} was not started ({_describe(batch.files)}): "
                     f"{reason}",
                     reason=reason,
-                    kind="disk",
-                    hint=_hint("disk", self.settings, batch.staging),
+                    kind=errors.Failure.DISK,
+                    hint=_hint(errors.Failure.DISK, self.settings, batch.staging),
                 ) from exc
             self._run(batch, session, pair_list, token, on_progress)
         finally:
@@ -498,9 +510,9 @@ class AscpTransfer:
             raise errors.TransferError(
                 f"ascp session {session} was not started, the transfer was stopped "
                 f"({_describe(batch.files)})",
-                kind="interrupted",
+                kind=errors.Failure.INTERRUPTED,
                 reason="stopped",
-                hint=_hint("interrupted", self.settings, batch.staging),
+                hint=_hint(errors.Failure.INTERRUPTED, self.settings, batch.staging),
             )
 
     def _start(self, argv: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
@@ -630,10 +642,10 @@ class AscpTransfer:
                 reason = f"ascp was killed by signal {signal.Signals(-returncode).name}"
             else:
                 reason = f"ascp exited with status {returncode} without saying why"
-        kind = "interrupted" if cancelled else classify(reason)
-        if kind == "permanent" and returncode < 0:
-            kind = "transient"
-        what = "was stopped" if kind == "interrupted" else "failed"
+        kind = errors.Failure.INTERRUPTED if cancelled else classify(reason)
+        if kind is errors.Failure.PERMANENT and returncode < 0:
+            kind = errors.Failure.TRANSIENT  # killed from outside: another try may do
+        what = "was stopped" if kind is errors.Failure.INTERRUPTED else "failed"
         partly = ", some files arrived" if output.partial else ""
         message = f"ascp session {session} {what} ({_describe(batch.files)}{partly}): {reason}"
         log.debug("ascp session %s: exit %d, kind %s", session, returncode, kind)

@@ -7,7 +7,7 @@ The exit codes are part of the command-line interface and documented in README.m
 
 from __future__ import annotations
 
-from enum import IntEnum
+from enum import IntEnum, StrEnum
 
 
 class ExitCode(IntEnum):
@@ -116,6 +116,42 @@ class RemoteNotFound(ApiError):
     """A path the manifest selects does not exist on ImmPort."""
 
 
+class Failure(StrEnum):
+    """Why a transfer failed, set by the transport where it knows the cause.
+
+    The caller asks a failure how to react (``retryable``, ``stops_run``,
+    ``unreachable``); nothing compares kinds as strings or reads a transport's wording.
+    """
+
+    TRANSIENT = "transient"
+    """The transfer broke off (stalled, reset, timed out): trying again may work."""
+    UNREACHABLE = "unreachable"
+    """The server could not be reached at all (TCP or UDP blocked, nothing listening):
+    worth a retry, and another transport may have a path where this one has none."""
+    TOKEN = "token"  # noqa: S105 - a kind of failure, not a secret
+    """The transfer token was refused or expired: a new one is asked for on retry."""
+    AUTH = "auth"
+    """The server refused our credentials; with several sessions starting at once this
+    is how a rate limit shows, so fewer sessions may succeed."""
+    NOT_FOUND = "not_found"
+    DISK = "disk"
+    """The local disk is full or read-only: every other file would fail alike."""
+    PERMANENT = "permanent"
+    INTERRUPTED = "interrupted"
+
+    @property
+    def retryable(self) -> bool:
+        return self in (Failure.TRANSIENT, Failure.UNREACHABLE, Failure.TOKEN)
+
+    @property
+    def stops_run(self) -> bool:
+        return self is Failure.DISK
+
+    @property
+    def unreachable(self) -> bool:
+        return self is Failure.UNREACHABLE
+
+
 class TransferError(ImmsyncError):
     """A transfer session failed; ``reason`` is the transport's own words."""
 
@@ -126,17 +162,15 @@ class TransferError(ImmsyncError):
         message: str,
         *,
         reason: str = "",
-        kind: str = "permanent",
+        kind: Failure | str = Failure.PERMANENT,
         output_tail: tuple[str, ...] = (),
         hint: str | None = None,
     ) -> None:
         super().__init__(message, hint=hint)
         self.reason = reason
-        self.kind = kind
-        """One of ``TransferError.KINDS``: how the caller should react."""
+        self.kind = Failure(kind)
+        """How the caller should react (see ``Failure``)."""
         self.output_tail = output_tail
-
-    KINDS = ("transient", "token", "auth", "permanent", "not_found", "disk", "interrupted")
 
 
 class TransportUnavailable(ImmsyncError):

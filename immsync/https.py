@@ -268,7 +268,7 @@ class HttpsTransfer:
             try:
                 self._fetch_file(job, session, emit, stop)
             except errors.TransferError as exc:
-                if exc.kind == "disk":
+                if exc.kind.stops_run:
                     stop.set()  # every other file of the batch would fail the same way
                 raise
             except BaseException:
@@ -325,7 +325,7 @@ class HttpsTransfer:
             try:
                 self._fetch_by_route(route, study.uuid, job, session, partial, emit, stop)
             except errors.TransferError as exc:
-                if exc.kind in ("disk", "interrupted"):
+                if exc.kind.stops_run or exc.kind is errors.Failure.INTERRUPTED:
                     raise
                 failures.append((route, exc))
                 if route != routes[-1]:
@@ -647,7 +647,17 @@ class HttpsTransfer:
 
 # Most actionable first. "interrupted" here only means "stopped because another file of
 # the batch failed" (a terminate() is reported before this order is consulted).
-_KIND_ORDER = ("disk", "transient", "token", "auth", "not_found", "permanent", "interrupted")
+# Which failure a batch of several reports: the one that decides most about what next.
+_KIND_ORDER = (
+    errors.Failure.DISK,
+    errors.Failure.TRANSIENT,
+    errors.Failure.UNREACHABLE,
+    errors.Failure.TOKEN,
+    errors.Failure.AUTH,
+    errors.Failure.NOT_FOUND,
+    errors.Failure.PERMANENT,
+    errors.Failure.INTERRUPTED,
+)
 _HINTS = {
     "transient": "The connection or the server failed; partial files resume on the retry.",
     "not_found": "ImmPort lists this file but its download source does not have it; try "
@@ -711,8 +721,8 @@ def _methods_failed(
     # A source that says "missing" settles it; otherwise a passing failure on any
     # access method is worth a retry.
     kind = last.kind
-    if kind != "not_found" and "transient" in kinds:
-        kind = "transient"
+    if kind is not errors.Failure.NOT_FOUND and errors.Failure.TRANSIENT in kinds:
+        kind = errors.Failure.TRANSIENT
     detail = "; ".join(
         f"{method}: {exc.message.removeprefix(file.path + ': ')}" for method, exc in failures
     )
@@ -741,7 +751,7 @@ def _batch_error(
     )
 
 
-def _kind_rank(kind: str) -> int:
+def _kind_rank(kind: errors.Failure) -> int:
     return _KIND_ORDER.index(kind) if kind in _KIND_ORDER else len(_KIND_ORDER)
 
 

@@ -35,6 +35,7 @@ from .errors import (
     ApiError,
     AuthError,
     ChecksumMismatch,
+    Failure,
     ImmsyncError,
     LocalIOError,
     RemoteNotFound,
@@ -796,7 +797,7 @@ class Applier:
                 "before it"
             )
             fatal = self._fatal
-            if isinstance(fatal, TransferError) and fatal.kind != "disk":
+            if isinstance(fatal, TransferError) and not fatal.kind.stops_run:
                 raise TransferError(
                     stopped, reason=fatal.reason, kind=fatal.kind, hint=fatal.hint
                 )
@@ -953,9 +954,12 @@ class Applier:
             if not pending or self._stop.is_set():
                 return
             lone_refusal = (
-                error is not None and error.kind == "auth" and concurrent <= 1 and gate.limit <= 1
+                error is not None
+                and error.kind is Failure.AUTH
+                and concurrent <= 1
+                and gate.limit <= 1
             )
-            if error is not None and (error.kind == "disk" or lone_refusal):
+            if error is not None and (error.kind.stops_run or lone_refusal):
                 # Every other session would fail alike (no space left; a key the server
                 # refuses even to a lone session): stop now, keep what is done.
                 self._fatal = error
@@ -966,10 +970,10 @@ class Applier:
             retry_error = error or TransferError(
                 f"the transfer reported success but {len(pending)} file(s) did not arrive "
                 "complete",
-                kind="transient",
+                kind=Failure.TRANSIENT,
             )
-            retryable = retry_error.kind in ("transient", "token")
-            if retry_error.kind == "auth" and (concurrent > 1 or gate.limit > 1):
+            retryable = retry_error.kind.retryable
+            if retry_error.kind is Failure.AUTH and (concurrent > 1 or gate.limit > 1):
                 # Refused while several sessions were starting: the server's rate limit,
                 # not bad credentials. Fewer sessions, then try again.
                 limit = gate.reduce()

@@ -14,7 +14,6 @@ concrete transports, which the command line builds and hands in.
 from __future__ import annotations
 
 import logging
-import re
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -28,13 +27,6 @@ MODES = ("ascp", "https", "auto")
 
 RETIRED_STATUSES = frozenset({404, 410})
 """What the Aspera token endpoint answers where ImmPort's Aspera service is gone."""
-
-_CONNECT_FAILURE = re.compile(
-    r"Failed to open TCP connection|Client unable to connect|failed to open connection"
-    r"|Connection refused",
-    re.IGNORECASE,
-)
-
 
 @dataclass(frozen=True, slots=True)
 class Choice:
@@ -95,9 +87,7 @@ def is_connection_failure(error: errors.TransferError) -> bool:
     That is a network path problem (TCP or UDP blocked, the server gone), which
     another transport may not have; a file missing or a checksum mismatch is not.
     """
-    if error.kind != "transient":
-        return False
-    return bool(_CONNECT_FAILURE.search(error.reason) or _CONNECT_FAILURE.search(error.message))
+    return error.kind.unreachable
 
 
 def choose_transport(

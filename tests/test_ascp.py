@@ -197,8 +197,8 @@ def test_empty_batch_starts_nothing(rig: Rig) -> None:
     ("fault", "kind", "reason"),
     [
         ({"kind": "auth"}, "auth", fake_ascp.AUTH_FAILED),
-        ({"kind": "tcp"}, "transient", fake_ascp.TCP_FAILED),
-        ({"kind": "udp"}, "transient", fake_ascp.UDP_FAILED),
+        ({"kind": "tcp"}, "unreachable", fake_ascp.TCP_FAILED),
+        ({"kind": "udp"}, "unreachable", fake_ascp.UDP_FAILED),
         ({"kind": "token_denied"}, "token", fake_ascp.TOKEN_DENIED),
         ({"kind": "token_mismatch"}, "token", fake_ascp.TOKEN_MISMATCH),
         ({"kind": "stall", "after_bytes": 5}, "transient", fake_ascp.STALLED),
@@ -243,10 +243,10 @@ def test_message_names_the_first_files_and_the_count(rig: Rig) -> None:
 
 
 def test_natural_failures_are_classified(rig: Rig) -> None:
-    """Wrong port, no key, expired token, missing file: transient, auth, token, not_found."""
+    """Wrong port, no key, expired token, missing file: unreachable, auth, token, not_found."""
     wrong_port = fetch_error(rig.transfer(port=22), rig.batch(A))
     assert (wrong_port.kind, wrong_port.reason) == (
-        "transient",
+        "unreachable",
         "Failed to open TCP connection for SSH",
     )
     assert "port 22" in (wrong_port.hint or "")

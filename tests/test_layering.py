@@ -128,3 +128,25 @@ def test_the_command_line_loads_the_network_stack_only_when_used():
     """Offline commands (status, verify, validate) never pay for requests or the client."""
     watched = ("requests", "immsync.immport", "immsync.https", "immsync.ascp")
     assert loaded_after("import immsync.cli", watched) == []
+
+
+def test_failures_are_asked_not_compared_as_strings():
+    """Failure kinds carry their behaviour; no module compares them as strings."""
+    import re
+
+    compared = re.compile(r"\.kind\s*(?:==|!=|in)\s*[(\"']")
+    for _module, path in product_modules():
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            assert not compared.search(line), f"{path.name}:{number}: {line.strip()}"
+
+
+def test_every_failure_says_how_to_react():
+    from immsync.errors import Failure
+
+    assert {f for f in Failure if f.retryable} == {
+        Failure.TRANSIENT,
+        Failure.UNREACHABLE,
+        Failure.TOKEN,
+    }
+    assert {f for f in Failure if f.stops_run} == {Failure.DISK}
+    assert {f for f in Failure if f.unreachable} == {Failure.UNREACHABLE}

@@ -69,17 +69,18 @@ def failure(kind: str, reason: str) -> TransferError:
 @pytest.mark.parametrize(
     ("kind", "reason", "expected"),
     [
-        ("transient", TCP, True),
-        ("transient", UDP, True),
-        ("transient", "failed to open connection to remote host", True),
+        ("unreachable", TCP, True),
+        ("unreachable", UDP, True),
+        ("unreachable", "failed to open connection to remote host", True),
         ("transient", "Data transfer stalled, timed out", False),
+        ("transient", TCP, False),  # the kind decides, never the wording
         ("not_found", "No such file or directory", False),
         ("permanent", TCP, False),
         ("auth", "failed to authenticate", False),
     ],
 )
 def test_connection_failures_are_recognised(kind: str, reason: str, expected: bool):
-    """Only a transient failure to reach the server counts as a connection failure."""
+    """Only a failure to reach the server at all counts as a connection failure."""
     assert is_connection_failure(failure(kind, reason)) is expected
 
 
@@ -88,7 +89,7 @@ def test_connection_failures_are_recognised(kind: str, reason: str, expected: bo
 
 def test_a_batch_that_cannot_connect_moves_to_the_secondary():
     """ascp failing to open its TCP connection: the same batch goes over HTTPS at once."""
-    primary = FakeTransfer("ascp", [failure("transient", TCP)])
+    primary = FakeTransfer("ascp", [failure("unreachable", TCP)])
     secondary = FakeTransfer("https")
     auto = AutoTransfer(primary, secondary)
     auto.fetch(batch("b1"), lambda _e: None)
@@ -130,7 +131,7 @@ def test_an_unavailable_primary_is_dropped_for_the_rest_of_the_run():
 
 def test_repeated_connection_failures_switch_to_the_secondary():
     """After switch_after connection failures in a row, ascp is not tried again."""
-    primary = FakeTransfer("ascp", [failure("transient", TCP) for _ in range(5)])
+    primary = FakeTransfer("ascp", [failure("unreachable", TCP) for _ in range(5)])
     secondary = FakeTransfer("https")
     auto = AutoTransfer(primary, secondary, switch_after=2)
     for label in ("b1", "b2", "b3", "b4"):
@@ -146,7 +147,7 @@ def test_a_success_resets_the_failure_count():
     auto = AutoTransfer(primary, secondary, switch_after=2)
     for label in ("b1", "b2", "b3", "b4"):
         if label in ("b1", "b3"):
-            primary.errors.append(failure("transient", TCP))
+            primary.errors.append(failure("unreachable", TCP))
         auto.fetch(batch(label), lambda _e: None)
     assert primary.fetched == ["b1", "b2", "b3", "b4"]
     assert secondary.fetched == ["b1", "b3"]
