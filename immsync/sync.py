@@ -316,14 +316,21 @@ def _left_out(study: StudySelection, files: Sequence[str]) -> str:
 
 
 def _folder_named(pattern: str, paths: Iterable[str]) -> str | None:
-    """The folder a pattern without wildcards names, as ImmPort spells it."""
+    """The folder a pattern without wildcards names (below the study, as ImmPort spells
+    it): the folder at that path, or for a bare name, a folder of that name anywhere."""
     if re.search(r"[*?[]", pattern):
         return None
-    depth = pattern.count("/") + 1
+    wanted = pattern.casefold()
     for path in paths:
-        parts = path.split("/")
-        if len(parts) > depth and "/".join(parts[:depth]).casefold() == pattern.casefold():
-            return "/".join(parts[:depth])
+        folders = path.split("/")[:-1]
+        if "/" in pattern:
+            depth = pattern.count("/") + 1
+            if "/".join(folders[:depth]).casefold() == wanted and len(folders) >= depth:
+                return "/".join(folders[:depth])
+            continue
+        for depth, name in enumerate(folders, 1):
+            if name.casefold() == wanted:
+                return "/".join(folders[:depth])
     return None
 
 
