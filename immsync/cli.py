@@ -305,9 +305,16 @@ ChecksumOpt = Annotated[
 ]
 
 
+_NOTHING_CHANGED = "nothing was changed"
+_FILES_RECORDED = "every file recorded so far is complete: run the same command again to go on"
+
+
 @contextmanager
-def _errors_to_exit_codes() -> Iterator[None]:
-    """The one place where failures become messages and exit codes."""
+def _errors_to_exit_codes(on_interrupt: str = _NOTHING_CHANGED) -> Iterator[None]:
+    """The one place where failures become messages and exit codes.
+
+    *on_interrupt* says, after Ctrl-C or SIGTERM, what the command leaves behind.
+    """
     try:
         yield
     except BrokenPipeError:
@@ -321,13 +328,10 @@ def _errors_to_exit_codes() -> Iterator[None]:
         typer.echo(visible(f"error: {_with_manifest_named(str(exc))}"), err=True)
         raise typer.Exit(int(exc.exit_code)) from None
     except KeyboardInterrupt as exc:
-        # Outside the transfers (listing, planning, verifying) nothing is half-written:
-        # every file that was recorded is complete, and a rerun takes up from there.
+        # Outside the transfers (listing, planning, verifying) nothing is half-written.
         terminated = isinstance(exc, _Terminated)
         typer.echo(
-            f"error: {'terminated' if terminated else 'interrupted'}; every file recorded "
-            "so far is complete: run the same command again to go on",
-            err=True,
+            f"error: {'terminated' if terminated else 'interrupted'}; {on_interrupt}", err=True
         )
         code = ExitCode.TERMINATED if terminated else ExitCode.INTERRUPTED
         raise typer.Exit(int(code)) from None
@@ -390,10 +394,8 @@ def validate(manifest: ManifestArg) -> None:
     """
     with _errors_to_exit_codes():
         loaded = _load(manifest)
-        _out(
-            f"{manifest}: valid ({len(loaded.studies)} studies, destination "
-            f"{loaded.destination})"
-        )
+        studies = "1 study" if len(loaded.studies) == 1 else f"{len(loaded.studies)} studies"
+        _out(f"{manifest}: valid ({studies}, destination {loaded.destination})")
 
 
 @app.command()
@@ -630,7 +632,7 @@ def apply(
     """
     events = EventStream(typer.echo) if json_output else None
     out = _ApplyOutput(events, summary_file)
-    with _errors_to_exit_codes(), out.closing_errors():
+    with _errors_to_exit_codes(_FILES_RECORDED), out.closing_errors():
         loaded = _load(manifest)
         shard = Shard.parse(shard_text) if shard_text is not None else None
         if shard is not None and (prune or rebuild_state):
@@ -933,7 +935,7 @@ def lock_command(
 
     Example: immsync lock examples/manifest.yaml
     """
-    with _errors_to_exit_codes():
+    with _errors_to_exit_codes("the lock file is replaced whole or not at all"):
         loaded = _load(manifest)
         env = Environment.read(os.environ)
         client = _connect(env, api_key_file, password_stdin, allow_insecure_http)
@@ -986,7 +988,7 @@ def merge_shards_command(
 
     Example: immsync merge-shards examples/manifest.yaml
     """
-    with _errors_to_exit_codes():
+    with _errors_to_exit_codes("merging is safe to repeat: run the same command again"):
         loaded = _load(manifest)
         if not existing_shards(loaded.destination):
             _out(f"no shard states to merge in {loaded.destination}")

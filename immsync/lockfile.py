@@ -19,7 +19,7 @@ import json
 import logging
 import os
 import tempfile
-from collections.abc import Callable, Collection, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
@@ -331,6 +331,9 @@ class PinnedCatalog:
         caveats = self._catalog.caveats(accession)
         pinned = {p for p, pin in self._lock.files.items() if pin.md5 is not None}
         return caveats._replace(without_md5=caveats.without_md5 - pinned)
+
+    def paths_near(self, root: str) -> Sequence[str]:
+        return self._catalog.paths_near(root)
 
     def study_checksums(self, accession: str) -> dict[str, tuple[str, int]] | None:
         upstream = self._catalog.study_checksums(accession)

@@ -28,8 +28,8 @@ import json
 import logging
 import os
 import re
-from collections.abc import Callable
-from fnmatch import fnmatchcase
+from collections.abc import Callable, Iterable
+from fnmatch import fnmatchcase, translate
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -105,7 +105,7 @@ def load_manifest(path: Path) -> model.Manifest:
             f"invalid manifest {path}: {count} problem{'' if count == 1 else 's'}",
             problems=problems,
         )
-    manifest = _interpret(path, data)
+    manifest = _interpret(path, data, checker.lines(data))
     log.debug(
         "manifest %s: %d studies, destination %s",
         path,
@@ -145,16 +145,79 @@ def selects(study: model.StudySelection, path_below_study: str) -> bool:
     """
     if not study.include and not study.exclude:
         return True
-    base_name = path_below_study.rsplit("/", 1)[-1]
-
-    def matches(pattern: str) -> bool:
-        if fnmatchcase(path_below_study, pattern):
-            return True
-        return "/" not in pattern and fnmatchcase(base_name, pattern)
-
-    if study.include and not any(matches(p) for p in study.include):
+    if study.include and not any(pattern_matches(p, path_below_study) for p in study.include):
         return False
-    return not any(matches(p) for p in study.exclude)
+    return not any(pattern_matches(p, path_below_study) for p in study.exclude)
+
+
+def pattern_matches(pattern: str, path_below_study: str) -> bool:
+    """Whether one include/exclude *pattern* matches a file (see :func:`selects`)."""
+    if fnmatchcase(path_below_study, pattern):
+        return True
+    return "/" not in pattern and fnmatchcase(path_below_study.rsplit("/", 1)[-1], pattern)
+
+
+def case_fixed_pattern(pattern: str, paths: Iterable[str]) -> str | None:
+    """*pattern* with its letters in the case of the first of *paths* it matches when
+    case is ignored (``*.FCS`` and ``x/a.fcs`` give ``*.fcs``); None when none does.
+    """
+    tokens = _glob_tokens(pattern)
+    if not any(literal for _text, literal in tokens):
+        return None
+    regex = "".join(
+        f"({re.escape(text)})" if literal else _glob_regex(text) for text, literal in tokens
+    )
+    ignoring_case = re.compile(regex, re.IGNORECASE | re.DOTALL)
+    for path in paths:
+        names = (path, path.rsplit("/", 1)[-1]) if "/" not in pattern else (path,)
+        for name in names:
+            found = ignoring_case.fullmatch(name)
+            if found is None:
+                continue
+            groups = iter(found.groups())
+            fixed = "".join(next(groups) if literal else text for text, literal in tokens)
+            if fixed != pattern and pattern_matches(fixed, path):
+                return fixed
+    return None
+
+
+def _glob_tokens(pattern: str) -> list[tuple[str, bool]]:
+    """A glob as (text, is literal) runs, read as :mod:`fnmatch` reads it."""
+    tokens: list[tuple[str, bool]] = []
+    literal = ""
+    i = 0
+    while i < len(pattern):
+        char = pattern[i]
+        end = i + 1
+        wild = char in "*?"
+        if char == "[":
+            close = i + 1
+            for optional in "!]":
+                if pattern[close : close + 1] == optional:
+                    close += 1
+            close = pattern.find("]", close)
+            wild = close >= 0  # without its "]", a "[" is itself
+            end = close + 1 if wild else end
+        if wild:
+            if literal:
+                tokens.append((literal, True))
+                literal = ""
+            tokens.append((pattern[i:end], False))
+        else:
+            literal += char
+        i = end
+    if literal:
+        tokens.append((literal, True))
+    return tokens
+
+
+def _glob_regex(wildcard: str) -> str:
+    if wildcard == "*":
+        return ".*"
+    if wildcard == "?":
+        return "."
+    # A bracket expression: fnmatch's own translation, without its end anchor.
+    return re.sub(r"\\[Zz]$", "", translate(wildcard))
 
 
 def study_roots(study: model.StudySelection) -> list[str]:
@@ -201,7 +264,9 @@ def _read(path: Path) -> bytes:
     return raw
 
 
-def _interpret(path: Path, data: dict[str, Any]) -> model.Manifest:
+def _interpret(
+    path: Path, data: dict[str, Any], lines: dict[tuple[str, str, str], int]
+) -> model.Manifest:
     written = Path(data["destination"])
     destination = written if written.is_absolute() else path.parent / written
     studies = tuple(
@@ -221,6 +286,7 @@ def _interpret(path: Path, data: dict[str, Any]) -> model.Manifest:
         destination=Path(os.path.abspath(destination)),
         studies=studies,
         transport=data.get("transport"),
+        lines=lines,
     )
 
 
@@ -302,7 +368,8 @@ class _Checker:
         try:
             root = yaml.compose(text, Loader=yaml.SafeLoader)
         except yaml.MarkedYAMLError as exc:
-            self.add(exc.problem_mark or exc.context_mark, (), _syntax_message(exc))
+            line, column, what = _syntax_problem(exc, text)
+            self.problems.append((line, column, "(document)", what))
             return None
         except yaml.reader.ReaderError as exc:
             self._add_at_offset(text, exc.position, f"YAML syntax error: {_reader_message(exc)}")
@@ -536,10 +603,7 @@ class _Checker:
         if kind == "enum" and name == "file_types":
             return _file_type_message(value, node)
         if kind == "pattern" and isinstance(value, str):
-            return (
-                f"{_show(value)} is not a study accession: "
-                "expected SDY followed by digits, e.g. SDY269"
-            )
+            return _accession_message(value)
         if kind == "not" and isinstance(value, str) and isinstance(error.validator_value, dict):
             explain = _FORBIDDEN.get(str(error.validator_value.get("pattern")))
             if explain is not None:
@@ -591,6 +655,21 @@ class _Checker:
                     )
 
     # -- positions
+
+    def lines(self, data: dict[str, Any]) -> dict[tuple[str, str, str], int]:
+        """The line of each study's accession, paths and patterns (see ``Manifest.lines``)."""
+        found: dict[tuple[str, str, str], int] = {}
+        for i, study in enumerate(data["studies"]):
+            accession = study["accession"]
+            found[(accession, "accession", "")] = self._line(("studies", i, "accession"))
+            for key in ("paths", "include", "exclude"):
+                for j, value in enumerate(study.get(key, ())):
+                    written = _normalise(value) if key == "paths" else value
+                    found.setdefault((accession, key, written), self._line(("studies", i, key, j)))
+        return found
+
+    def _line(self, path: _Path) -> int:
+        return int(self._locate(path).start_mark.line) + 1
 
     def _locate(self, path: _Path) -> yaml.Node:
         """The node a JSON path leads to, or the deepest node on the way there."""
@@ -732,6 +811,120 @@ def _file_type_message(value: Any, node: yaml.Node) -> str:
     return f"unknown file type {shown}{guess}; use {', '.join(others)} or {last}"
 
 
+def _accession_message(value: str) -> str:
+    message = f"{_show(value)} is not a study accession"
+    guess = re.sub(r"[\s_-]", "", value).upper()
+    if re.fullmatch("SDY[0-9]+", guess):
+        return f"{message}: did you mean {guess!r}? (SDY in capitals, then digits)"
+    return f"{message}: expected SDY followed by digits, e.g. SDY269"
+
+
+def _syntax_problem(exc: yaml.MarkedYAMLError, text: str) -> tuple[int, int, str]:
+    """(line, column, what) for a document PyYAML could not read, in plain words where
+    the mistake is a common one: a tab, a line indented out of step, a missing ':'."""
+    mark = exc.problem_mark or exc.context_mark
+    if mark is None:
+        return 1, 1, _syntax_message(exc)
+    lines = text.splitlines()
+    row = lines[mark.line] if mark.line < len(lines) else ""
+    line, column = mark.line + 1, mark.column + 1
+    problem = exc.problem or ""
+    if row[mark.column : mark.column + 1] == "\t":
+        if not row[: mark.column].strip(" -"):
+            return line, column, "a tab indents this line: YAML indents with spaces only"
+        return line, column, "a tab here: use spaces (YAML does not accept a tab in this place)"
+    start = len(row) - len(row.lstrip(" "))
+    if problem.startswith("expected <block end>") and column in _entry_columns(row):
+        return line, column, _out_of_step(lines, mark.line, column, problem.endswith("'-'"))
+    if problem == "mapping values are not allowed here":
+        if ": " in row[: mark.column] or row[: mark.column].endswith(":"):
+            quote = "a value cannot contain ': ' unless it is quoted: put the value in quotes"
+            return line, column, quote
+        above = _continued_key(lines, mark.line, start)
+        if above is not None:
+            return line, start + 1, above
+    if problem == "could not find expected ':'" and exc.context_mark is not None:
+        context = exc.context_mark
+        word = lines[context.line][context.column :].strip() if context.line < len(lines) else ""
+        if word and ":" not in word and " " not in word:
+            colon = (
+                f"{_show(word)} has no ':' after it: write a key as '{word}: value', or "
+                f"'{word}:' with its list or mapping on the lines below"
+            )
+            return context.line + 1, context.column + 1, colon
+    return line, column, _syntax_message(exc)
+
+
+def _entry_columns(row: str) -> list[int]:
+    """Where a line's entries start (1-based): ``  - key: v`` gives [3, 5]."""
+    at = len(row) - len(row.lstrip(" "))
+    columns = [at + 1]
+    while row.startswith("- ", at) or row[at:] == "-":
+        at += 1
+        at += len(row[at:]) - len(row[at:].lstrip(" "))
+        columns.append(at + 1)
+    return columns
+
+
+def _content_above(lines: list[str], index: int) -> int | None:
+    """The nearest line above *index* that holds more than blanks or a comment."""
+    for above in range(index - 1, -1, -1):
+        stripped = lines[above].strip()
+        if stripped and not stripped.startswith("#"):
+            return above
+    return None
+
+
+def _out_of_step(lines: list[str], index: int, column: int, item: bool) -> str:
+    above = _content_above(lines, index)
+    entries = ""
+    if above is not None:
+        columns = _entry_columns(lines[above])
+        plural = "s" if len(columns) > 1 else ""
+        listed = " and ".join(str(c) for c in columns)
+        entries = f"line {above + 1} has its entries at column{plural} {listed}"
+    if item:
+        where = f" ({entries})" if entries else ""
+        return (
+            f"indentation error: a list item ('-') at column {column}, among the keys of a "
+            f"mapping{where}; line each '-' up with the other items of its list, below a "
+            "key ending in ':'"
+        )
+    but = f", but {entries}" if entries else ""
+    return (
+        f"indentation error: this line starts at column {column}{but}; indent with spaces, "
+        "each key in line with the other keys of its mapping and each '-' in line with the "
+        "other items of its list"
+    )
+
+
+_KEY_AND_VALUE = re.compile(r"([^\s#'\"\[\]{},:-][^:#]*?):[ ]+([^\s#\[{'\"|>&*!].*?)\s*")
+
+
+def _continued_key(lines: list[str], index: int, start: int) -> str | None:
+    """Explain a line YAML read as more of the value on the line above, if it is one.
+
+    ``accession: SDY1`` followed by a line indented deeper than ``accession`` makes
+    YAML read that line as the rest of the value ``SDY1``.
+    """
+    above = _content_above(lines, index)
+    if above is None:
+        return None
+    row = lines[above]
+    key_column = _entry_columns(row)[-1] - 1
+    found = _KEY_AND_VALUE.fullmatch(row[key_column:])
+    if found is None or start <= key_column:
+        return None
+    key, value = found.group(1), found.group(2)
+    message = (
+        f"indentation error: this line is indented deeper than {_show(key)} on line "
+        f"{above + 1}, so YAML reads it as more of that key's value {_show(value)}; "
+    )
+    if lines[index].lstrip(" ").startswith("-"):
+        return message + f"to list items under {_show(key)}, leave its value empty"
+    return message + f"to start a new key, line it up with {_show(key)} (column {key_column + 1})"
+
+
 def _syntax_message(exc: yaml.MarkedYAMLError) -> str:
     message = f"YAML syntax error: {exc.problem or exc.context or 'unreadable'}"
     if exc.problem and exc.context:
@@ -778,10 +971,39 @@ def _accession_at(data: Any, path: _Path) -> str | None:
     return accession if isinstance(accession, str) else None
 
 
+def _is_pattern(path: _Path) -> bool:
+    return "include" in path or "exclude" in path
+
+
 def _dot(value: str, path: _Path, data: Any) -> str:
+    if _is_pattern(path):
+        return f"{_show(value)} has a '.' segment, so it can never match a file: remove it"
     if value.rstrip("/") == ".":
         return "'.' is the study root: leave out 'paths' to take the whole study"
     return f"{_show(value)} has a '.' segment: remove it"
+
+
+def _dot_dot(value: str, path: _Path, data: Any) -> str:
+    if _is_pattern(path):
+        return f"{_show(value)} has a '..' segment, so it can never match a file: remove it"
+    return f"{_show(value)} has a '..' segment: paths must stay inside the study"
+
+
+def _empty_segment(value: str, path: _Path, data: Any) -> str:
+    never = ", so it can never match a file" if _is_pattern(path) else ""
+    return f"{_show(value)} has an empty segment ('//'){never}"
+
+
+def _trailing_slash(value: str, path: _Path, data: Any) -> str:
+    # Only patterns forbid it: a path's trailing '/' is dropped.
+    message = (
+        f"{_show(value)} ends with '/', so it can never match a file: write {_show(value + '*')}"
+    )
+    folder = value.rstrip("/")
+    if "include" in path and not re.search(r"[*?\[]", folder):
+        return f"{message} to take everything below the folder, or put {_show(folder)} in paths"
+    verb = "take" if "include" in path else "leave out"
+    return f"{message} to {verb} everything below it"
 
 
 _Explain = Callable[[str, _Path, Any], str]
@@ -795,10 +1017,9 @@ _FORBIDDEN: dict[str, _Explain] = {
         f"{_show(v)} starts with '~', which immsync does not expand: write the full path"
     ),
     "^/": _absolute,
+    "/$": _trailing_slash,
     r"\\": lambda v, p, d: f"{_show(v)} contains a backslash: separate folders with '/'",
-    r"(^|/)\.\.(/|$)": lambda v, p, d: (
-        f"{_show(v)} has a '..' segment: paths must stay inside the study"
-    ),
+    r"(^|/)\.\.(/|$)": _dot_dot,
     r"(^|/)\.(/|$)": _dot,
-    "//": lambda v, p, d: f"{_show(v)} has an empty segment ('//')",
+    "//": _empty_segment,
 }

@@ -59,6 +59,21 @@ class Manifest:
     studies: tuple[StudySelection, ...]
     transport: str | None = None
     """``"ascp"``, ``"https"`` or ``"auto"`` when the manifest names one; None: the default."""
+    lines: Mapping[tuple[str, str, str], int] = field(default_factory=dict, compare=False)
+    """The line each entry is written on, for messages: ``(accession, key, value)``, where
+    key is ``accession`` (value ``""``), ``paths`` (value as in ``StudySelection.paths``),
+    ``include`` or ``exclude``."""
+
+    def where(self, accession: str, key: str = "accession", value: str = "") -> str:
+        """``manifest.yaml:7: ``: where an entry is written, to start a message with.
+
+        An entry not in ``lines`` (``paths`` of ``""``: the whole study) gives the line
+        of its study's accession.
+        """
+        line = self.lines.get((accession, key, value)) or self.lines.get(
+            (accession, "accession", "")
+        )
+        return f"{self.source}:{line}: " if line is not None else f"{self.source}: "
 
 
 _TYPE_BY_FOLDER = {
@@ -372,6 +387,14 @@ class RemoteCatalog(Protocol):
 
     def caveats(self, accession: str) -> Caveats:
         """What is known to be unavailable or unverifiable in a study already walked."""
+        ...
+
+    def paths_near(self, root: str) -> Sequence[str]:
+        """Paths ImmPort has near *root*, which it does not have: for suggestions.
+
+        Costs at most one request: a study the catalog holds whole gives all its paths;
+        a folder-by-folder listing gives the entries of *root*'s parent folder.
+        """
         ...
 
 

@@ -20,6 +20,7 @@ import heapq
 import logging
 import os
 import random
+import re
 import stat
 import threading
 import time
@@ -59,6 +60,7 @@ from .model import (
     RemoteFile,
     Report,
     StateEntry,
+    StudySelection,
     Transfer,
     TransferBatch,
     file_type_of,
@@ -156,8 +158,11 @@ def survey_remote(
     note saying how to take them.
 
     A root that does not exist or cannot be listed becomes a *problem*, not an
-    exception, so that the rest of the manifest still syncs. Refused credentials stop
-    everything (raised), since no other root could succeed either.
+    exception, so that the rest of the manifest still syncs; one that is not found
+    names its manifest line and a path differing only in case, when ImmPort has one.
+    A study entry, path or include pattern that selects no file is a note naming its
+    manifest line. Refused credentials stop everything (raised), since no other root
+    could succeed either.
 
     With *checksums*, each study's upstream MD5s are attached (``with_checksums``);
     without, the view holds what the listing says: sizes and times.
@@ -175,21 +180,29 @@ def survey_remote(
         # The size of each archived release only the type filter left out, by path (two
         # overlapping paths of the manifest may list a file twice).
         archived: dict[str, int] = {}
+        # Per root listed, the files below the study it holds; and those selected.
+        walked: list[tuple[str, list[str]]] = []
+        taken: set[str] = set()
+        prefix = study.accession + "/"
         for root in manifest_mod.study_roots(study):
             relative_root = root.strip("/")
+            entry = relative_root[len(prefix) :]
+            where = manifest.where(study.accession, "paths", entry)
             try:
                 files = catalog.walk(root, workers=workers, on_unsafe=refuse)
             except AuthError:
                 raise
             except RemoteNotFound:
                 failed.append(relative_root)
-                problems.append(f"{relative_root}: not found on ImmPort")
+                hint = _case_hint(entry, [*catalog.paths_near(root), *listed], prefix)
+                problems.append(f"{where}{relative_root} not found on ImmPort{hint}")
                 continue
             except (ApiError, UnsafePath) as exc:
                 failed.append(relative_root)
-                problems.append(f"{relative_root}: could not be listed: {exc.message}")
+                problems.append(f"{where}{relative_root} could not be listed: {exc.message}")
                 continue
-            prefix = study.accession + "/"
+            below: list[str] = []
+            walked.append((entry, below))
             for remote in files:
                 reason = unsafe_reason(remote.path)
                 if reason is None and not remote.path.startswith(prefix):
@@ -198,14 +211,17 @@ def survey_remote(
                     refuse(remote.path, reason)
                     continue
                 listed.add(remote.path)
+                below.append(remote.path[len(prefix) :])
                 if not manifest_mod.selects(study, remote.path[len(prefix) :]):
                     continue
                 # The legacy listing names no types: a file's place in the study does.
                 kind = remote.file_type or file_type_of(remote.path)
                 if study.takes_type(kind):
                     selected[remote.path] = remote
+                    taken.add(remote.path[len(prefix) :])
                 elif kind == "archive_file":
                     archived[remote.path] = remote.size
+        notes.extend(_selecting_nothing(manifest, study, walked, taken))
         if archived:
             total = sum(archived.values())
             notes.append(_archives_left_out(study.accession, len(archived), total))
@@ -238,6 +254,85 @@ def survey_remote(
     if checksums:
         view = with_checksums(view, catalog, [s.accession for s in manifest.studies])
     return view
+
+
+def _case_hint(entry: str, near: Iterable[str], prefix: str) -> str:
+    """``; did you mean ResultFiles?`` for a path ImmPort has in another case."""
+    depth = entry.count("/") + 1
+    for path in near:
+        if not path.startswith(prefix):
+            continue
+        parts = path[len(prefix) :].split("/")
+        candidate = "/".join(parts[:depth])
+        if len(parts) >= depth and candidate.casefold() == entry.casefold() != candidate:
+            return f"; did you mean {candidate}?" if unsafe_reason(path) is None else ""
+    return ""
+
+
+def _selecting_nothing(
+    manifest: Manifest,
+    study: StudySelection,
+    walked: Sequence[tuple[str, Sequence[str]]],
+    taken: Collection[str],
+) -> list[str]:
+    """A note for each listed root of *study*, and each include pattern, that selects no
+    file; *walked* holds each root with its files, *taken* the files selected."""
+    notes = []
+    accession = study.accession
+    for entry, files in walked:
+        if any(path in taken for path in files):
+            continue
+        where = manifest.where(accession, "paths", entry)
+        what = f"{accession} path {entry!r}" if entry else accession
+        notes.append(f"{where}{what} selects nothing: {_left_out(study, files)}")
+    listed = [path for _entry, files in walked for path in files]
+    for pattern in study.include if listed else ():
+        if any(manifest_mod.pattern_matches(pattern, path) for path in taken):
+            continue
+        matched = [path for path in listed if manifest_mod.pattern_matches(pattern, path)]
+        where = manifest.where(accession, "include", pattern)
+        note = f"{where}{accession} include pattern {pattern!r} selects nothing"
+        if matched:
+            by = "file_types" if any(manifest_mod.selects(study, p) for p in matched) else "exclude"
+            them = "the file it matches" if len(matched) == 1 else f"the {len(matched)} it matches"
+            note += f": {by} leaves out {them}"
+        elif (fixed := manifest_mod.case_fixed_pattern(pattern, listed)) is not None:
+            note += f" (patterns are case-sensitive; did you mean {fixed!r}?)"
+        elif (folder := _folder_named(pattern, listed)) is not None:
+            note += f" (it names a folder; did you mean {folder + '/*'!r}?)"
+        notes.append(note)
+    return notes
+
+
+def _left_out(study: StudySelection, files: Sequence[str]) -> str:
+    if not files:
+        return "ImmPort lists no files below it"
+    count = len(files)
+    its = "its only file" if count == 1 else f"all {count} of its files"
+    if any(manifest_mod.selects(study, path) for path in files):
+        return f"file_types leaves out {its}"
+    filters = [name for name in ("include", "exclude") if getattr(study, name)]
+    verb = "leaves" if len(filters) == 1 else "leave"
+    return f"{' and '.join(filters)} {verb} out {its}"
+
+
+def _folder_named(pattern: str, paths: Iterable[str]) -> str | None:
+    """The folder a pattern without wildcards names (below the study, as ImmPort spells
+    it): the folder at that path, or for a bare name, a folder of that name anywhere."""
+    if re.search(r"[*?[]", pattern):
+        return None
+    wanted = pattern.casefold()
+    for path in paths:
+        folders = path.split("/")[:-1]
+        if "/" in pattern:
+            depth = pattern.count("/") + 1
+            if "/".join(folders[:depth]).casefold() == wanted and len(folders) >= depth:
+                return "/".join(folders[:depth])
+            continue
+        for depth, name in enumerate(folders, 1):
+            if name.casefold() == wanted:
+                return "/".join(folders[:depth])
+    return None
 
 
 def _archives_left_out(accession: str, count: int, size: int) -> str:

@@ -296,7 +296,8 @@ class TestFailures:
         )
         result = world.apply()
         assert result.exit_code == ExitCode.REMOTE
-        assert "SDY1/ResultFiles/No_such_result: not found on ImmPort" in result.stderr
+        missing = "manifest.yaml:7: SDY1/ResultFiles/No_such_result not found on ImmPort"
+        assert missing in result.stderr
         assert world.local_files() == ["SDY1/StudyFiles/Study_design.txt"]
 
     def test_bad_credentials(self, world: World):

@@ -156,8 +156,10 @@ def test_the_note_counts_only_archives_under_the_study_paths(today):
     plan = today.plan()
     assert plan.exit_code == 0, plan.output
     assert notes_of(plan.stdout) == [
+        f"{today.manifest_path}:5: SDY1 path 'archive/SDY1-DR55.zip' selects nothing: "
+        "file_types leaves out its only file",
         "SDY1: 1 archived data release (archive/, 78.1 KiB) left out; "
-        "add archive_file to file_types to include them"
+        "add archive_file to file_types to include them",
     ]
 
 

@@ -186,7 +186,7 @@ class TestFrozen:
         assert "--frozen: 2 file(s) no longer match the lock file" in result.stderr
         assert f"  {FCS}: changed upstream since the lock: size" in result.stderr
         assert f"  {gone}: pinned by the lock but no longer on ImmPort" in result.stderr
-        assert f"  {DESIGN}: not found on ImmPort" in result.stderr
+        assert f"manifest.yaml:7: {DESIGN} not found on ImmPort" in result.stderr
         assert world.sessions() == []
         assert world.local_files() == []
 

@@ -249,7 +249,7 @@ RULES = [
         HEAD + "  - accession: sdy1\n",
         [
             "m.yaml:4:16: studies[0].accession: 'sdy1' is not a study accession: "
-            "expected SDY followed by digits, e.g. SDY269"
+            "did you mean 'SDY1'? (SDY in capitals, then digits)"
         ],
     ),
     (
@@ -507,7 +507,11 @@ RULES = [
     (
         "yaml-syntax-error",
         HEAD + "  - accession: SDY1\n     paths: [a]\n",
-        ["m.yaml:5:11: (document): YAML syntax error: mapping values are not allowed here"],
+        [
+            "m.yaml:5:6: (document): indentation error: this line is indented deeper than "
+            "'accession' on line 4, so YAML reads it as more of that key's value 'SDY1'; to "
+            "start a new key, line it up with 'accession' (column 5)"
+        ],
     ),
     (
         "yaml-unclosed-flow-list",
@@ -639,7 +643,9 @@ def test_duplicate_keys_are_found_at_every_level() -> None:
     [
         (
             "invalid-syntax.yaml",
-            "5:11: (document): YAML syntax error: mapping values are not allowed here",
+            "5:6: (document): indentation error: this line is indented deeper than "
+            "'accession' on line 4, so YAML reads it as more of that key's value 'SDY1'; to "
+            "start a new key, line it up with 'accession' (column 5)",
         ),
         (
             "invalid-not-mapping.yaml",

@@ -23,7 +23,7 @@ from datetime import UTC, datetime
 from typing import Any, NamedTuple
 from urllib.parse import quote
 
-from ..errors import ApiError, AuthError, RemoteNotFound, UsageError
+from ..errors import ApiError, AuthError, ImmsyncError, RemoteNotFound, UsageError
 from ..model import FILE_TYPES, NO_CAVEATS, Caveats, RemoteFile, StudyFile, file_type_of
 from ..paths import unsafe_reason
 from .api import Api
@@ -215,6 +215,21 @@ class StudyCatalog:
             row.path for row in contents.rows if row.path is not None and row.md5 is None
         )
         return Caveats(unavailable, without_md5)
+
+    def paths_near(self, root: str) -> list[str]:
+        """Paths near *root*, which ImmPort does not have (see ``RemoteCatalog``)."""
+        start = remote_form(root)[1:]
+        contents = self._contents.get(start.partition("/")[0])
+        if contents is None:
+            return []
+        if contents.source == "manifest":
+            return [row.path for row in contents.rows if row.path is not None]
+        parent = start.rpartition("/")[0]
+        try:
+            listing = self._listing.list_path("/" + parent) if parent else None
+        except ImmsyncError:
+            return []  # a suggestion is a courtesy: without the listing, none is made
+        return [remote_form(item.path)[1:] for item in listing.items] if listing else []
 
     def source_of(self, accession: str) -> str | None:
         """``"manifest"`` or ``"listing"`` for a study already read, else None."""
