@@ -475,6 +475,9 @@ class AscpTransfer:
             if pair_list is not None:
                 pair_list.unlink(missing_ok=True)
 
+    def close(self) -> None:
+        """Nothing to release: each session's ``ascp`` has ended when its fetch returns."""
+
     def terminate(self) -> None:
         """Stop every running session: SIGTERM now, SIGKILL after a grace period.
 

@@ -49,6 +49,7 @@ from .lockfile import (
 )
 from .manifest import load_manifest
 from .model import Manifest, Report, StateEntry
+from .ports import Reporter
 from .render import (
     LineReporter,
     RichReporter,
@@ -739,12 +740,8 @@ def _apply_locked(
         try:
             report = applier.run(found)
         finally:
-            close = getattr(reporter, "close", None)
-            if close is not None:
-                close()
-            close_transfer = getattr(transfer, "close", None)
-            if close_transfer is not None:
-                close_transfer()
+            reporter.close()
+            transfer.close()
     report.token_requests = client.counters.get("download_token", 0)
     return found, report, received
 
@@ -1390,6 +1387,12 @@ class _LazyAscp:
         if transfer is not None:
             transfer.terminate()
 
+    def close(self) -> None:
+        with self._lock:
+            transfer = self._transfer
+        if transfer is not None:
+            transfer.close()
+
 
 def _child_environment() -> dict[str, str]:
     # ascp gets the caller's environment (proxies, locale), minus ImmPort secrets it
@@ -1401,8 +1404,8 @@ def _child_environment() -> dict[str, str]:
     }
 
 
-def _make_reporter(out: _ApplyOutput, problems: tuple[str, ...]) -> Any:
-    human: Any = None
+def _make_reporter(out: _ApplyOutput, problems: tuple[str, ...]) -> Reporter:
+    human: Reporter | None = None
     if not _ctx.quiet:
         if sys.stderr.isatty():
             human = RichReporter(Console(stderr=True))

@@ -28,11 +28,12 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from importlib import resources
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from .errors import ImmsyncError
 from .lockfile import write_text_atomic
 from .model import Action, FileOutcome, Plan, ProgressEvent, TransferBatch
+from .ports import Reporter
 
 SCHEMA = "immsync.events/1"
 """The value of every event's ``schema`` field."""
@@ -115,14 +116,6 @@ def error_to_json(exc: ImmsyncError) -> dict[str, Any]:
     return doc
 
 
-class _Reporter(Protocol):
-    def plan_ready(self, plan: Plan) -> None: ...
-    def batch_started(self, batch: TransferBatch) -> None: ...
-    def progress(self, event: ProgressEvent) -> None: ...
-    def file_done(self, outcome: FileOutcome) -> None: ...
-    def retrying(self, batch: TransferBatch, error: ImmsyncError, delay: float) -> None: ...
-
-
 @dataclass(slots=True)
 class _Session:
     """One attempt of one batch, from its start until every file of it is settled."""
@@ -135,7 +128,7 @@ class _Session:
 
 
 class EventReporter:
-    """A ``sync.Reporter`` that turns the run's callbacks into events.
+    """A ``ports.Reporter`` that turns the run's callbacks into events.
 
     The reporter protocol has no "session ended" callback, so ``transfer_finished`` is
     derived: a session is finished when each of its files was verified or failed, or
@@ -270,7 +263,7 @@ class EventReporter:
 class TeeReporter:
     """Passes every callback to several reporters, in order (events, then the human log)."""
 
-    def __init__(self, reporters: Sequence[_Reporter]) -> None:
+    def __init__(self, reporters: Sequence[Reporter]) -> None:
         self._reporters = tuple(reporters)
 
     def plan_ready(self, plan: Plan) -> None:
@@ -295,9 +288,7 @@ class TeeReporter:
 
     def close(self) -> None:
         for r in self._reporters:
-            close = getattr(r, "close", None)
-            if close is not None:
-                close()
+            r.close()
 
 
 def write_summary_file(path: Path, document: Mapping[str, Any]) -> None:

@@ -27,7 +27,8 @@ from typing import Any
 
 from . import manifest as manifest_mod
 from .errors import LocalIOError, UsageError
-from .model import Caveats, Manifest, RemoteCatalog, RemoteFile
+from .model import Caveats, Manifest, RemoteFile
+from .ports import RemoteCatalog
 
 log = logging.getLogger(__name__)
 

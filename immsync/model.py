@@ -16,7 +16,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
-from typing import NamedTuple, Protocol
+from typing import NamedTuple
 
 FILE_TYPES = ("study_file", "protocol_file", "result_file", "release_file", "archive_file")
 """ImmPort's kinds of study files, as its study file manifest names them."""
@@ -330,32 +330,6 @@ class TransferBatch:
         return sum(f.size for f in self.files)
 
 
-class Transfer(Protocol):
-    """A way to move files from ImmPort into a local staging folder.
-
-    Implementations: ``immsync.ascp.AscpTransfer``, ``immsync.https.HttpsTransfer``,
-    ``immsync.transports.AutoTransfer``. A transport only *moves bytes*:
-    the caller checks sizes, hashes, places files and records them, so every
-    transport shares the same guarantees.
-    """
-
-    name: str
-
-    def fetch(self, batch: TransferBatch, on_progress: ProgressCallback) -> None:
-        """Bring every file of *batch* to ``batch.staging / staged_name(file.path)``.
-
-        Args:
-            batch: the files and the staging folder. Parent folders may not exist yet.
-            on_progress: called from the calling thread with progress as it is known.
-
-        Raises:
-            TransferError: the session failed. Files that did arrive stay in staging;
-                the caller decides which of them are complete.
-            TransportUnavailable: the transport cannot run at all.
-        """
-        ...
-
-
 class Caveats(NamedTuple):
     """What a catalog knows about a study's files beyond their paths and sizes."""
 
@@ -366,36 +340,6 @@ class Caveats(NamedTuple):
 
 
 NO_CAVEATS = Caveats({}, frozenset())
-
-
-class RemoteCatalog(Protocol):
-    """What planning needs of ImmPort: ``immsync.immport.StudyCatalog`` provides it."""
-
-    def walk(
-        self,
-        root: str,
-        *,
-        workers: int = ...,
-        on_unsafe: Callable[[str, str], None] | None = ...,
-    ) -> list[RemoteFile]:
-        """Every file below *root* (or *root* itself if it is a file)."""
-        ...
-
-    def study_checksums(self, accession: str) -> dict[str, tuple[str, int]] | None:
-        """Upstream ``(md5, size)`` by path, or None when ImmPort gives none."""
-        ...
-
-    def caveats(self, accession: str) -> Caveats:
-        """What is known to be unavailable or unverifiable in a study already walked."""
-        ...
-
-    def paths_near(self, root: str) -> Sequence[str]:
-        """Paths ImmPort has near *root*, which it does not have: for suggestions.
-
-        Costs at most one request: a study the catalog holds whole gives all its paths;
-        a folder-by-folder listing gives the entries of *root*'s parent folder.
-        """
-        ...
 
 
 @dataclass(frozen=True, slots=True)

@@ -402,6 +402,9 @@ class LineReporter:
     def _write(self, line: str) -> None:
         self._write_raw(visible(line))
 
+    def close(self) -> None:
+        pass  # every line is already written
+
     def _maybe_line(self) -> None:
         now = self._clock()
         if now - self._last < self._interval:

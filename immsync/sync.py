@@ -29,7 +29,6 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Protocol
 
 from . import manifest as manifest_mod
 from .errors import (
@@ -56,18 +55,17 @@ from .model import (
     Plan,
     PlanItem,
     ProgressEvent,
-    RemoteCatalog,
     RemoteFile,
     Report,
     StateEntry,
     StudySelection,
-    Transfer,
     TransferBatch,
     file_type_of,
     staged_name,
 )
 from .paths import resolve_inside, unsafe_reason
 from .plan import make_plan, needs_hash
+from .ports import RemoteCatalog, Reporter, Transfer
 from .retry import RetryPolicy, delays
 from .state import STATE_DIRNAME, StateStore
 from .statedir import prepare_parents, private_folder, remove_files_below
@@ -80,17 +78,9 @@ _DESTINATION_UNUSABLE = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS})
 _STAGED_SUFFIXES = ("", *STAGING_SUFFIXES)
 
 
-class Reporter(Protocol):
-    """Receives the run's events; the CLI renders them. Must be thread-safe."""
-
-    def plan_ready(self, plan: Plan) -> None: ...
-    def batch_started(self, batch: TransferBatch) -> None: ...
-    def progress(self, event: ProgressEvent) -> None: ...
-    def file_done(self, outcome: FileOutcome) -> None: ...
-    def retrying(self, batch: TransferBatch, error: ImmsyncError, delay: float) -> None: ...
-
-
 class NullReporter:
+    """A ``Reporter`` that shows nothing (``-q`` without ``--json``)."""
+
     def plan_ready(self, plan: Plan) -> None:
         pass
 
@@ -104,6 +94,9 @@ class NullReporter:
         pass
 
     def retrying(self, batch: TransferBatch, error: ImmsyncError, delay: float) -> None:
+        pass
+
+    def close(self) -> None:
         pass
 
 
@@ -1133,9 +1126,7 @@ class Applier:
 
     def _abort(self) -> None:
         self._stop.set()
-        terminate = getattr(self.transfer, "terminate", None)
-        if terminate is not None:
-            terminate()
+        self.transfer.terminate()
 
     def _collect(
         self,

@@ -7,7 +7,7 @@ DRS API, nothing to install). ImmPort has retired its Aspera service, so ``auto`
 run is the probe (:class:`AsperaTokens`), and a 404 or 410 there moves the whole run
 to HTTPS with one line of information. Nothing is probed before a file needs to move.
 
-This module is generic over :class:`~immsync.model.Transfer`: it never imports the
+This module is generic over :class:`~immsync.ports.Transfer`: it never imports the
 concrete transports, which the command line builds and hands in.
 """
 
@@ -19,6 +19,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from . import errors, model
+from .ports import Transfer
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +33,7 @@ RETIRED_STATUSES = frozenset({404, 410})
 class Choice:
     """The transport a run uses, and why, in words for the user."""
 
-    transfer: model.Transfer
+    transfer: Transfer
     reason: str
     """E.g. ``ascp (found at /opt/aspera/bin/ascp); HTTPS for batches it cannot connect for``."""
 
@@ -93,8 +94,8 @@ def is_connection_failure(error: errors.TransferError) -> bool:
 def choose_transport(
     mode: str,
     *,
-    make_ascp: Callable[[], model.Transfer],
-    make_https: Callable[[], model.Transfer],
+    make_ascp: Callable[[], Transfer],
+    make_https: Callable[[], Transfer],
     probe_ascp: Callable[[], str],
     origin: str = "",
     notice: Callable[[str], None] | None = None,
@@ -140,7 +141,7 @@ def choose_transport(
 
 
 class AutoTransfer:
-    """A :class:`~immsync.model.Transfer` that uses *primary* and falls back to *secondary*.
+    """A :class:`~immsync.ports.Transfer` that uses *primary* and falls back to *secondary*.
 
     A batch goes to *primary*; when that fails because it could not connect
     (:func:`is_connection_failure`), the same batch goes to *secondary* right away.
@@ -157,8 +158,8 @@ class AutoTransfer:
 
     def __init__(
         self,
-        primary: model.Transfer,
-        secondary: model.Transfer,
+        primary: Transfer,
+        secondary: Transfer,
         *,
         switch_after: int = 3,
         notice: Callable[[str], None] | None = None,
@@ -208,15 +209,11 @@ class AutoTransfer:
     def terminate(self) -> None:
         """Stop both transports (safe from any thread or a signal handler)."""
         for transfer in (self.primary, self.secondary):
-            stop = getattr(transfer, "terminate", None)
-            if stop is not None:
-                stop()
+            transfer.terminate()
 
     def close(self) -> None:
         for transfer in (self.primary, self.secondary):
-            close = getattr(transfer, "close", None)
-            if close is not None:
-                close()
+            transfer.close()
 
     def _connect_failed(self, batch: model.TransferBatch, error: errors.TransferError) -> None:
         with self._lock:
