@@ -11,35 +11,38 @@ import contextlib
 import json
 import logging
 import logging.config
-import netrc
 import os
 import re
 import shlex
 import signal
 import sys
 import threading
-import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Annotated, Any
-from urllib.parse import urlsplit
 
 import typer
 from rich.console import Console
 
 from . import __version__
+from .app.config import ASCP_JOBS, HTTPS_JOBS, Environment, connect
+from .app.run import (
+    Scope,
+    apply_locked,
+    open_state,
+    parse_max_delete,
+    recorded_for,
+    set_aside_broken_state,
+)
 from .check import FileState, status, verify
-from .errors import ExitCode, ImmsyncError, LockDrift, StateError, SyncFailed, UsageError
+from .errors import ExitCode, ImmsyncError, SyncFailed, UsageError
 from .events import EventReporter, EventStream, TeeReporter, error_to_json, write_summary_file
 from .lock import DestinationLock
 from .lockfile import (
-    LockFile,
-    PinnedCatalog,
     compare,
     find_lock,
     lock_path,
@@ -48,7 +51,7 @@ from .lockfile import (
     write_lock,
 )
 from .manifest import load_manifest
-from .model import Manifest, Report, StateEntry
+from .model import Manifest, Report
 from .ports import Reporter
 from .render import (
     LineReporter,
@@ -69,26 +72,17 @@ from .render import (
 from .retry import RetryPolicy
 from .shard import (
     Shard,
-    all_entries,
     existing_shards,
     merge_shards,
     open_main_with_shards,
-    open_shard_state,
     shard_lock_path,
-    shard_staging,
-    share_of,
 )
-from .state import STATE_DIRNAME, StateStore, state_path
-from .statedir import private_folder
-from .sync import Applier, Survey, SyncOptions, check_prune, survey, survey_remote
-from .transports import AsperaTokens, Choice, choose_transport
+from .state import STATE_DIRNAME, state_path
+from .sync import Survey, SyncOptions, check_prune, survey, survey_remote
 
 if TYPE_CHECKING:
-    import requests
 
-    from .ascp import AscpTransfer
-    from .https import HttpsTransfer
-    from .immport import Credentials, ImmportClient
+    from .immport import ImmportClient
 
 # The offline commands (validate, plan --offline, status, verify) never touch the
 # network: requests, the ImmPort client and the transports are imported where they are
@@ -105,17 +99,6 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
-DEFAULT_QUERY_URL = "https://www.immport.org/data/query"
-DEFAULT_DRS_URL = "https://drs.immport.org"
-DEFAULT_TOKEN_URL = "https://www.immport.org/auth/token"  # noqa: S105 - a URL
-DEFAULT_DATA_URL = "https://api.immport.org/data"
-"""The legacy data API: the folder listing and Aspera tokens, used only where they answer."""
-ASCP_JOBS = 2
-"""``--jobs`` for ascp: sessions at once (servers refuse bursts of sign-ins)."""
-HTTPS_JOBS = 8
-"""``--jobs`` over HTTPS: files at once; small files are latency-bound, links are cheap."""
-
-
 class TransportMode(StrEnum):
     """The values of ``apply --transport``."""
 
@@ -124,80 +107,8 @@ class TransportMode(StrEnum):
     auto = "auto"
 
 
-@dataclass(frozen=True, slots=True)
-class Environment:
-    """Everything immsync takes from environment variables, read once here."""
-
-    username: str | None = None
-    password: str | None = None
-    token: str | None = None
-    api_key: str | None = None
-    api_key_file: str | None = None
-    token_url: str = DEFAULT_TOKEN_URL
-    data_url: str = DEFAULT_DATA_URL
-    query_url: str = DEFAULT_QUERY_URL
-    drs_url: str = DEFAULT_DRS_URL
-    ascp: str | None = None
-    aspera_key: str | None = None
-    aspera_host: str = "aspera-immport.niaid.nih.gov"
-    aspera_user: str = "databrowser"
-    aspera_port: int = 33001
-    path: str | None = None
-    netrc: str | None = None
-    home: Path = field(default_factory=Path.home)
-
-    def __repr__(self) -> str:
-        # dataclass's repr would print the password.
-        return f"Environment(username={self.username!r}, token_url={self.token_url!r})"
-
-    @classmethod
-    def read(cls, environ: Mapping[str, str]) -> Environment:
-        def get(name: str) -> str | None:
-            value = environ.get(name, "").strip()
-            return value or None
-
-        port_text = get("IMMSYNC_ASPERA_PORT") or "33001"
-        try:
-            port = int(port_text)
-        except ValueError:
-            raise UsageError(
-                f"IMMSYNC_ASPERA_PORT must be a port number, not {port_text!r}"
-            ) from None
-        data_url = (get("IMMPORT_DATA_API_BASE_URL") or DEFAULT_DATA_URL).rstrip("/")
-        # A legacy deployment named by its data API serves the query API below it.
-        query_default = data_url + "/query" if get("IMMPORT_DATA_API_BASE_URL") else None
-        query_url = (
-            get("IMMSYNC_QUERY_API_BASE_URL") or query_default or DEFAULT_QUERY_URL
-        ).rstrip("/")
-        return cls(
-            username=get("IMMPORT_USERNAME"),
-            password=environ.get("IMMPORT_PASSWORD") or None,
-            token=get("IMMPORT_TOKEN"),
-            api_key=get("IMMPORT_API_KEY"),
-            api_key_file=get("IMMPORT_API_KEY_FILE"),
-            token_url=get("IMMPORT_TOKEN_URL") or DEFAULT_TOKEN_URL,
-            data_url=data_url,
-            query_url=query_url,
-            drs_url=(get("IMMSYNC_DRS_BASE_URL") or _default_drs_url(query_url)).rstrip("/"),
-            ascp=get("IMMSYNC_ASCP"),
-            aspera_key=get("IMMSYNC_ASPERA_KEY"),
-            aspera_host=get("IMMSYNC_ASPERA_HOST") or "aspera-immport.niaid.nih.gov",
-            aspera_user=get("IMMSYNC_ASPERA_USER") or "databrowser",
-            aspera_port=port,
-            path=environ.get("PATH"),
-            netrc=get("NETRC"),
-            home=Path(environ.get("HOME") or Path.home()),
-        )
 
 
-def _default_drs_url(query_url: str) -> str:
-    """ImmPort's DRS service beside ImmPort's query API; beside any other query API, the
-    DRS service of the same origin, so that a key for another deployment (a mirror, the
-    emulator) is never sent to ImmPort's."""
-    if query_url == DEFAULT_QUERY_URL:
-        return DEFAULT_DRS_URL
-    parts = urlsplit(query_url)
-    return f"{parts.scheme}://{parts.netloc}" if parts.scheme and parts.netloc else DEFAULT_DRS_URL
 
 
 @dataclass(slots=True)
@@ -469,7 +380,7 @@ def plan(
                 _out(line)
             _out(plan_summary(found.plan, unlisted=len(found.remote.failed_roots)))
         if prune:
-            count, share = _parse_max_delete(max_delete)
+            count, share = parse_max_delete(max_delete)
             check_prune(
                 len(found.plan.to_delete), len(found.state), max_count=count, max_share=share
             )
@@ -645,7 +556,7 @@ def apply(
         pinned = read_lock(lock_path(manifest)) if frozen else None
         env = Environment.read(os.environ)
         client = _connect(env, api_key_file, password_stdin, allow_insecure_http)
-        delete_count, delete_share = _parse_max_delete(max_delete)
+        delete_count, delete_share = parse_max_delete(max_delete)
         options = SyncOptions(
             jobs=jobs or ASCP_JOBS,
             prune=prune,
@@ -657,7 +568,7 @@ def apply(
             session_stagger=session_stagger,
             retry=RetryPolicy(attempts=retries + 1, base_delay=retry_wait, max_delay=60.0),
         )
-        scope = _Scope(
+        scope = Scope(
             shard, pinned, manifest, all_checksums=checksum or pinned is not None, prune=prune
         )
         if dry_run:
@@ -684,16 +595,18 @@ def apply(
                     )
                 )
             if rebuild_state:
-                _set_aside_broken_state(state_path(loaded.destination))
+                set_aside_broken_state(state_path(loaded.destination))
             if shard is None and existing_shards(loaded.destination):
-                with _open_state(loaded, create=True) as store:
+                with open_state(loaded, create=True) as store:
                     merge_shards(loaded.destination, store)
             with scope.open_state(loaded, create=True) as store:
-                found, report, received = _apply_locked(
-                    loaded, store, client, env, options, out, rebuild_state, scope,
+                found, report, received = apply_locked(
+                    loaded, store, client, env, options, rebuild_state, scope,
                     transport=transport.value if transport else None,
                     https_jobs=jobs or HTTPS_JOBS,
                     hold_fds=tuple(lock.fileno() for lock in held),
+                    say=_say,
+                    make_reporter=lambda problems: _make_reporter(out, problems),
                 )
         if received:
             _interrupted(report, received[0], out, found.remote.problems)
@@ -702,100 +615,12 @@ def apply(
         )
 
 
-def _apply_locked(
-    loaded: Manifest,
-    store: StateStore,
-    client: ImmportClient,
-    env: Environment,
-    options: SyncOptions,
-    out: _ApplyOutput,
-    rebuild_state: bool,
-    scope: _Scope,
-    *,
-    transport: str | None = None,
-    https_jobs: int = HTTPS_JOBS,
-    hold_fds: tuple[int, ...] = (),
-) -> tuple[Survey, Report, list[int]]:
-    found = scope.survey(
-        loaded, client, store, record_adopted=True, trust_timestamps=rebuild_state
-    )
-    choice = _choose_transport(
-        transport, loaded, env, client, options, https_jobs=https_jobs, hold_fds=hold_fds
-    )
-    if found.plan.to_fetch and not _ctx.quiet:
-        typer.echo(f"transport: {choice.reason}", err=True)
-    transfer = choice.transfer
-    cancel = threading.Event()
-    reporter = _make_reporter(out, found.remote.problems)
-    applier = Applier(
-        loaded,
-        store,
-        transfer,
-        options=options,
-        reporter=reporter,
-        cancel=cancel,
-        staging=scope.staging(loaded),
-    )
-    with _signals_cancel(cancel, transfer) as received:
-        try:
-            report = applier.run(found)
-        finally:
-            reporter.close()
-            transfer.close()
-    report.token_requests = client.counters.get("download_token", 0)
-    return found, report, received
 
 
-def _remove_stale_scratch(workdir: Path, *, max_age: float = 86400.0) -> None:
-    """Remove scratch files (ascp pair lists) a killed run left over a day ago.
-
-    Only old ones: a concurrent shard of this destination may be using a fresh one.
-    """
-    if not private_folder(workdir, create=False):
-        return
-    cutoff = time.time() - max_age
-    for entry in os.scandir(workdir):
-        with contextlib.suppress(OSError):
-            if entry.is_file(follow_symlinks=False) and entry.stat().st_mtime < cutoff:
-                os.unlink(entry.path)
 
 
-def _parse_max_delete(text: str) -> tuple[int | None, float | None]:
-    """``"10"`` is a count, ``"25%"`` a share of the recorded files."""
-    try:
-        if text.endswith("%"):
-            share = float(text[:-1]) / 100
-            if not 0 <= share <= 1:
-                raise ValueError
-            return None, share
-        count = int(text)
-        if count < 0:
-            raise ValueError
-        return count, None
-    except ValueError:
-        raise UsageError(
-            f"--max-delete takes a count (e.g. 100) or a share (e.g. 25%), not {text!r}"
-        ) from None
 
 
-def _set_aside_broken_state(path: Path) -> None:
-    """Move an unreadable state out of the way (never delete it: it is evidence)."""
-    if not path.exists():
-        return
-    try:
-        # create=False reads even where nothing can be written (a full disk), so a
-        # healthy state is never mistaken for a broken one and moved away.
-        with StateStore.open(path, create=False) as store:
-            store.entries()  # every record readable and safe
-        return  # readable: nothing to rebuild; missing records are adopted anyway
-    except StateError:
-        pass
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    for suffix in ("", "-wal", "-shm"):
-        part = path.with_name(path.name + suffix)
-        if part.exists():
-            part.rename(part.with_name(f"{part.name}.broken-{stamp}"))
-    log.warning("the unreadable state was moved to %s.broken-%s", path, stamp)
 
 
 def _finish_apply(
@@ -853,7 +678,7 @@ def status_command(manifest: ManifestArg, json_output: JsonOpt = False) -> None:
     """
     with _errors_to_exit_codes(), _json_error_document(json_output):
         loaded = _load(manifest)
-        checks = status(loaded.destination, _recorded_for(loaded, manifest))
+        checks = status(loaded.destination, recorded_for(loaded, manifest))
         if json_output:
             _print_json(checks_to_json(checks))
         else:
@@ -862,33 +687,6 @@ def status_command(manifest: ManifestArg, json_output: JsonOpt = False) -> None:
             _out(checks_summary(checks, "status of"))
 
 
-def _recorded_for(loaded: Manifest, manifest: Path) -> dict[str, StateEntry]:
-    """What the state records for this manifest's studies (every shard's too).
-
-    Raises:
-        StateError: the destination is not a folder.
-        ChecksumMismatch: nothing is recorded for the manifest: a check of nothing
-            must not read as success.
-    """
-    destination = loaded.destination
-    if destination.exists() and not destination.is_dir():
-        raise StateError(
-            f"the destination {destination} is not a folder",
-            hint=f"check `destination:` in {manifest}",
-        )
-    with _open_state(loaded, create=False) as store:
-        entries = all_entries(destination, store.entries())
-    studies = tuple(study.accession + "/" for study in loaded.studies)
-    mine = {path: entry for path, entry in entries.items() if path.startswith(studies)}
-    if not mine:
-        from .errors import ChecksumMismatch
-
-        raise ChecksumMismatch(
-            f"nothing is recorded for {manifest} in {destination}: it has not been "
-            "applied there yet, so there is nothing to check",
-            hint=f"run `immsync apply {manifest}` first",
-        )
-    return mine
 
 
 @app.command("verify")
@@ -901,7 +699,7 @@ def verify_command(manifest: ManifestArg, json_output: JsonOpt = False) -> None:
     """
     with _errors_to_exit_codes(), _json_error_document(json_output):
         loaded = _load(manifest)
-        checks = verify(loaded.destination, _recorded_for(loaded, manifest))
+        checks = verify(loaded.destination, recorded_for(loaded, manifest))
         if json_output:
             _print_json(checks_to_json(checks))
         else:
@@ -991,7 +789,7 @@ def merge_shards_command(
             _out(f"no shard states to merge in {loaded.destination}")
             return
         lock_file = loaded.destination / STATE_DIRNAME / "lock"
-        with DestinationLock(lock_file, wait=wait), _open_state(loaded, create=True) as store:
+        with DestinationLock(lock_file, wait=wait), open_state(loaded, create=True) as store:
             result = merge_shards(loaded.destination, store)
         names = ", ".join(str(s) for s in result.shards)
         _out(
@@ -1084,171 +882,15 @@ class _ApplyOutput:
             raise
 
 
-@dataclass(frozen=True, slots=True)
-class _Scope:
-    """What a run covers: one shard or the whole selection, frozen to a lock or not."""
-
-    shard: Shard | None
-    pinned: LockFile | None
-    manifest_path: Path
-    all_checksums: bool = False
-    """Compare upstream MD5s of unchanged files too (``--checksum``, ``--frozen``)."""
-    prune: bool = False
-    """Plan deletions to carry out (``--prune``), not only to report."""
-
-    @contextmanager
-    def open_state(self, manifest: Manifest, *, create: bool) -> Iterator[StateStore]:
-        """The shard's own state, or the main state (which, to plan, shows shards' records)."""
-        destination = manifest.destination
-        if self.shard is not None:
-            store: StateStore = open_shard_state(destination, self.shard, create=create)
-        elif create:
-            store = StateStore.open(state_path(destination), create=True)
-        else:
-            store = open_main_with_shards(destination)
-        try:
-            yield store
-        finally:
-            store.close()
-
-    def staging(self, manifest: Manifest) -> Path | None:
-        return None if self.shard is None else shard_staging(manifest.destination, self.shard)
-
-    def survey(
-        self,
-        manifest: Manifest,
-        client: ImmportClient,
-        store: StateStore,
-        *,
-        record_adopted: bool = False,
-        trust_timestamps: bool = False,
-    ) -> Survey:
-        """Plan this run's share; with a lock, refuse (LockDrift) if it no longer matches."""
-        catalog: Any = (
-            client.catalog if self.pinned is None else PinnedCatalog(client.catalog, self.pinned)
-        )
-        found = survey(
-            manifest,
-            catalog,
-            store,
-            record_adopted=record_adopted,
-            trust_timestamps=trust_timestamps,
-            share=None if self.shard is None else share_of(self.shard),
-            all_checksums=self.all_checksums,
-            prune=self.prune,
-        )
-        if self.pinned is not None:
-            drift = [
-                d
-                for d in compare(
-                    self.pinned,
-                    manifest,
-                    found.remote.selected,
-                    listed=found.remote.listed,
-                    unlisted=found.remote.is_unlisted,
-                )
-                if d.blocks_frozen
-            ]
-            if drift:
-                raise LockDrift(
-                    f"--frozen: {len(drift)} file(s) no longer match the lock file "
-                    f"{lock_path(self.manifest_path)}; nothing was fetched:",
-                    drift=(*(str(d) for d in drift), *found.remote.problems),
-                    hint="if the change is intended, run `immsync lock MANIFEST`, review the "
-                    "lock file's diff and commit it",
-                )
-        return found
 
 
 # -- collaborators ----------------------------------------------------------------------
 
 
-def _netrc_credentials(env: Environment) -> tuple[str | None, str | None]:
-    """The netrc entry for the sign-in host, when the environment gave no credentials."""
-    if env.token or env.password:
-        return env.username, env.password
-    path = Path(env.netrc) if env.netrc else env.home / ".netrc"
-    if not path.is_file():
-        return env.username, env.password
-    # Python checks owner and mode only of a default ~/.netrc it finds itself; a file
-    # named explicitly is read as it is. Whichever file it is holds a password: like
-    # ssh with a key file, refuse one that is not the user's own and private.
-    st = path.stat()
-    if st.st_uid != os.getuid() or st.st_mode & 0o077:
-        problem = (
-            f"it belongs to uid {st.st_uid}, not to you (uid {os.getuid()})"
-            if st.st_uid != os.getuid()
-            else f"its permissions ({st.st_mode & 0o777:o}) let others read or change it"
-        )
-        raise UsageError(
-            f"refusing the netrc file {path}: {problem}",
-            hint=f"a netrc file holds passwords: make it yours and private (chmod 600 {path}), "
-            "or set IMMPORT_USERNAME and IMMPORT_PASSWORD",
-        )
-    host = urlsplit(env.token_url).hostname or ""
-    try:
-        entry = netrc.netrc(str(path)).authenticators(host)
-    except (netrc.NetrcParseError, OSError) as exc:
-        raise UsageError(
-            f"cannot read the netrc file {path}: {getattr(exc, 'msg', exc)}",
-            hint="fix the file (it must be readable only by you: chmod 600), or set "
-            "IMMPORT_USERNAME and IMMPORT_PASSWORD",
-        ) from None
-    if entry is None:
-        return env.username, env.password
-    login, _account, password = entry
-    if env.username and login and login != env.username:
-        return env.username, env.password  # the netrc entry is someone else's
-    return env.username or login or None, password or None
 
 
-def _connect(
-    env: Environment, api_key_file: Path | None, password_stdin: bool, allow_insecure_http: bool
-) -> ImmportClient:
-    """The ImmPort client for this run, its credentials checked before any request."""
-    import requests
-
-    from .immport import ImmportClient, ListingLimits, ManifestLimits
-
-    if password_stdin:
-        env = _with_stdin_password(env)
-    session = requests.Session()
-    session.headers["User-Agent"] = f"immsync/{__version__}"
-    return ImmportClient(
-        session,
-        token_url=env.token_url,
-        data_url=env.data_url,
-        query_url=env.query_url,
-        drs_url=env.drs_url,
-        credentials=_credentials(env, api_key_file),
-        allow_insecure_http=allow_insecure_http,
-        listing_limits=ListingLimits.from_environment(os.environ),
-        manifest_limits=ManifestLimits.from_environment(os.environ),
-    )
 
 
-def _credentials(env: Environment, api_key_file: Path | None) -> Credentials:
-    """API key, then key file, then bearer token, then username and password.
-
-    A key file's expiry is checked here, before any request: an expired key ends the
-    run (exit 3), one close to expiry draws a warning.
-    """
-    from .immport import ApiKey, Credentials, load_api_key_file
-
-    key: ApiKey | None = None
-    if env.api_key:
-        key = ApiKey(env.api_key, "IMMPORT_API_KEY")
-    elif api_key_file is not None or env.api_key_file:
-        key, warnings = load_api_key_file(api_key_file or Path(env.api_key_file or ""))
-        for warning in warnings:
-            log.warning("%s", warning)
-    if key is not None:
-        soon = key.check_expiry()
-        if soon:
-            log.warning("%s", soon)
-        return Credentials(api_key=key)
-    username, password = _netrc_credentials(env)
-    return Credentials(username=username, password=password, token=env.token)
 
 
 def _with_stdin_password(env: Environment) -> Environment:
@@ -1260,148 +902,26 @@ def _with_stdin_password(env: Environment) -> Environment:
     return replace(env, password=password)
 
 
-@contextmanager
-def _open_state(manifest: Manifest, *, create: bool) -> Iterator[StateStore]:
-    store = StateStore.open(state_path(manifest.destination), create=create)
-    try:
-        yield store
-    finally:
-        store.close()
 
 
-def _choose_transport(
-    given: str | None,
-    loaded: Manifest,
-    env: Environment,
-    client: ImmportClient,
-    options: SyncOptions,
-    *,
-    https_jobs: int = HTTPS_JOBS,
-    hold_fds: tuple[int, ...] = (),
-) -> Choice:
-    """The transport for this run: --transport, else the manifest's, else auto.
-
-    Nothing here sends a request: auto learns whether ImmPort's Aspera service answers
-    from the first token request, when a first file has to move.
-    """
-    if given:
-        mode, origin = given, "--transport"
-    elif loaded.transport:
-        mode, origin = loaded.transport, f"the manifest's transport: {loaded.transport}"
-    else:
-        mode, origin = "auto", ""
-
-    from .ascp import locate_ascp, locate_key
-
-    def probe_ascp() -> str:
-        binary = locate_ascp(env.ascp, path_env=env.path, home=env.home)
-        locate_key(env.aspera_key, binary)
-        return f"found at {binary}"
-
-    def make_https() -> HttpsTransfer:
-        import requests
-
-        from .https import HttpsTransfer
-
-        def new_session() -> requests.Session:
-            session = requests.Session()
-            session.headers["User-Agent"] = f"immsync/{__version__}"
-            return session
-
-        return HttpsTransfer(client, jobs=https_jobs, session_factory=new_session)
-
-    def notice(line: str) -> None:
-        if not _ctx.quiet:
-            typer.echo(f"transport: {line}", err=True)
-
-    workdir = loaded.destination / STATE_DIRNAME / "tmp"
-    _remove_stale_scratch(workdir)
-    return choose_transport(
-        mode,
-        make_ascp=lambda: _LazyAscp(env, client, workdir=workdir, hold_fds=hold_fds),
-        make_https=make_https,
-        probe_ascp=probe_ascp,
-        origin=origin,
-        notice=notice,
-    )
 
 
-class _LazyAscp:
-    """Finds ``ascp`` only when a transfer is needed, so no-op runs work without it.
-
-    Its first Aspera token request tells whether ImmPort's Aspera service still answers
-    (see ``immsync.transports.AsperaTokens``).
-    """
-
-    name = "ascp"
-
-    def __init__(
-        self,
-        env: Environment,
-        client: ImmportClient,
-        *,
-        workdir: Path,
-        hold_fds: tuple[int, ...] = (),
-    ) -> None:
-        self._env = env
-        self._client = client
-        self._workdir = workdir
-        # The destination's locks: every ascp inherits them, so the destination stays
-        # locked while any of them lives, even if immsync is killed.
-        self._hold_fds = hold_fds
-        self._tokens = AsperaTokens(client.download_token)
-        self._transfer: AscpTransfer | None = None
-        # Re-entrant: terminate() runs from a signal handler, maybe while _get() holds it.
-        self._lock = threading.RLock()
-
-    def _get(self) -> AscpTransfer:
-        with self._lock:
-            if self._transfer is None:
-                from .ascp import AscpSettings, AscpTransfer, locate_ascp, locate_key
-
-                binary = locate_ascp(self._env.ascp, path_env=self._env.path, home=self._env.home)
-                key = locate_key(self._env.aspera_key, binary)
-                settings = AscpSettings(
-                    binary=binary,
-                    key=key,
-                    host=self._env.aspera_host,
-                    user=self._env.aspera_user,
-                    port=self._env.aspera_port,
-                )
-                private_folder(self._workdir)
-                self._transfer = AscpTransfer(
-                    settings,
-                    token_source=self._tokens,
-                    workdir=self._workdir,
-                    env=_child_environment(),
-                    hold_fds=self._hold_fds,
-                )
-            return self._transfer
-
-    def fetch(self, batch: Any, on_progress: Any) -> None:
-        self._get().fetch(batch, on_progress)
-
-    def terminate(self) -> None:
-        with self._lock:
-            transfer = self._transfer
-        if transfer is not None:
-            transfer.terminate()
-
-    def close(self) -> None:
-        with self._lock:
-            transfer = self._transfer
-        if transfer is not None:
-            transfer.close()
 
 
-def _child_environment() -> dict[str, str]:
-    # ascp gets the caller's environment (proxies, locale), minus ImmPort secrets it
-    # has no use for: a child process's environment is readable by its owner in /proc.
-    return {
-        k: v
-        for k, v in os.environ.items()
-        if k not in ("IMMPORT_PASSWORD", "IMMPORT_TOKEN", "IMMPORT_USERNAME", "IMMPORT_API_KEY")
-    }
+
+
+def _connect(
+    env: Environment, api_key_file: Path | None, password_stdin: bool, allow_insecure_http: bool
+) -> ImmportClient:
+    if password_stdin:
+        env = _with_stdin_password(env)
+    return connect(env, api_key_file, allow_insecure_http=allow_insecure_http)
+
+
+def _say(line: str) -> None:
+    """A line of information for people (stderr), silenced by -q."""
+    if not _ctx.quiet:
+        typer.echo(line, err=True)
 
 
 def _make_reporter(out: _ApplyOutput, problems: tuple[str, ...]) -> Reporter:
@@ -1424,29 +944,12 @@ def _make_reporter(out: _ApplyOutput, problems: tuple[str, ...]) -> Reporter:
     return events if human is None else TeeReporter([events, human])
 
 
-@contextmanager
-def _signals_cancel(cancel: threading.Event, transfer: Any) -> Iterator[list[int]]:
-    """On SIGINT/SIGTERM: stop the transfers, let the run record what finished."""
-    received: list[int] = []
-
-    def handler(signum: int, frame: FrameType | None) -> None:
-        if not received:
-            received.append(signum)
-        cancel.set()
-        transfer.terminate()
-
-    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield received
-    finally:
-        for number, old in previous.items():
-            signal.signal(number, old)
 
 
 def main() -> None:
     """Console-script entry point."""
     # By default SIGTERM ends Python without a word. While transfers run,
-    # _signals_cancel takes over both signals to stop them and record what finished.
+    # signals_cancel takes over both signals to stop them and record what finished.
     signal.signal(signal.SIGTERM, _raise_terminated)
     app(args=hoist_global_options(sys.argv[1:]), prog_name="immsync")
 

@@ -32,7 +32,8 @@ def test_every_exit_code_is_in_the_readme():
 
 def test_every_environment_variable_is_documented():
     """Each variable the CLI reads appears in the README's environment table."""
-    source = (ROOT / "immsync" / "cli.py").read_text()
+    wiring = (ROOT / "immsync" / "cli.py", *(ROOT / "immsync" / "app").glob("*.py"))
+    source = "".join(path.read_text() for path in wiring)
     names = set(re.findall(r'"((?:IMMPORT|IMMSYNC)_[A-Z_]+)"', source))
     assert names, "expected the CLI to read variables"
     for name in names:

@@ -677,7 +677,7 @@ def test_a_no_op_run_in_the_legacy_world_asks_for_no_token_and_no_link(world: Wo
 def test_default_drs_base_follows_a_non_default_query_api(tmp_path: Path):
     """Pointing the query API elsewhere (a mirror, the emulator) keeps the key off
     ImmPort's DRS host: the DRS base defaults to the query API's origin."""
-    from immsync.cli import DEFAULT_DRS_URL, Environment
+    from immsync.app.config import DEFAULT_DRS_URL, Environment
 
     assert Environment.read({}).drs_url == DEFAULT_DRS_URL == "https://drs.immport.org"
     mirror = Environment.read({"IMMSYNC_QUERY_API_BASE_URL": "https://mirror.example/q"})

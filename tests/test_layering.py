@@ -38,8 +38,13 @@ ALLOWED = {
     "lockfile": {"errors", "manifest", "model", "ports"},
     "shard": {"errors", "lock", "model", "state", "statedir"},
     "init": {"errors", "paths"},
+    # The wiring: environment, credentials, transport choice, one run put together.
+    "app": {
+        "__init__", "ascp", "errors", "https", "immport", "lockfile", "model", "ports", "shard",
+        "state", "statedir", "sync", "transports",
+    },
     "cli": {
-        "ascp", "check", "errors", "https", "immport", "lock", "manifest", "model", "render",
+        "app", "ascp", "check", "errors", "https", "immport", "lock", "manifest", "model", "render",
         "ports", "retry", "state", "statedir", "sync", "transports", "__init__",
         "events", "init", "lockfile", "shard",
     },
