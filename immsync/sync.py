@@ -31,6 +31,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from . import manifest as manifest_mod
+from .decide import Step, decide
 from .errors import (
     ApiError,
     AuthError,
@@ -1001,33 +1002,10 @@ class Applier:
             attempt += 1
             files = tuple(item.remote for item in pending.values() if item.remote is not None)
             batch = TransferBatch(files=files, staging=self.staging, label=label)
-            error: TransferError | None = None
-            concurrent = 1
-            early = _EarlyHashes(self.staging, files, hasher)
-            with gate.session() as slot:
-                if slot is None:
-                    return
-                concurrent = gate.concurrent
-                self.reporter.batch_started(batch)
-                with self._lock:
-                    report.sessions += 1
-
-                def on_progress(
-                    event: ProgressEvent, slot: SessionSlot = slot, early: _EarlyHashes = early
-                ) -> None:
-                    slot.connected()
-                    self.reporter.progress(event)
-                    if event.percent == 100:
-                        early.file_done(event.name)
-
-                try:
-                    self.transfer.fetch(batch, on_progress)
-                except TransferError as exc:
-                    error = exc
-                    # Sessions started after this one ran beside it too: a refusal is
-                    # "alone" only if none ran when it started nor when it failed.
-                    concurrent = max(concurrent, gate.concurrent)
-            hashed = early.results()
+            session = self._session(batch, report, gate, hasher)
+            if session is None:
+                return  # the run was stopped before this session could start
+            error, concurrent, hashed = session
             # Whatever arrived complete is verified and kept, even if the session failed.
             for path in list(pending):
                 collected = self._collect(
@@ -1041,29 +1019,21 @@ class Applier:
                     del pending[path]
             if not pending or self._stop.is_set():
                 return
-            lone_refusal = (
-                error is not None
-                and error.kind is Failure.AUTH
-                and concurrent <= 1
-                and gate.limit <= 1
-            )
-            if error is not None and (error.kind.stops_run or lone_refusal):
-                # Every other session would fail alike (no space left; a key the server
-                # refuses even to a lone session): stop now, keep what is done.
-                self._fatal = error
-                self._abort()
-                for item in pending.values():
-                    self._fail(item, report, error.message)
-                return
-            retry_error = error or TransferError(
+            failure = error or TransferError(
                 f"the transfer reported success but {len(pending)} file(s) did not arrive "
                 "complete",
                 kind=Failure.TRANSIENT,
             )
-            retryable = retry_error.kind.retryable
-            if retry_error.kind is Failure.AUTH and (concurrent > 1 or gate.limit > 1):
-                # Refused while several sessions were starting: the server's rate limit,
-                # not bad credentials. Fewer sessions, then try again.
+            step = decide(failure.kind, concurrent=concurrent, session_limit=gate.limit)
+            if step is Step.STOP_RUN:
+                # Every other session would fail alike (no space left; a key the server
+                # refuses even to a lone session): stop now, keep what is done.
+                self._fatal = failure
+                self._abort()
+                for item in pending.values():
+                    self._fail(item, report, failure.message)
+                return
+            if step is Step.RETRY_WITH_FEWER_SESSIONS:
                 limit = gate.reduce()
                 log.warning(
                     "%s: the Aspera server refused a session while %d ran; "
@@ -1072,12 +1042,12 @@ class Applier:
                     concurrent,
                     limit,
                 )
-                retryable = True
-            delay = next(backoff, None) if retryable else None
+            delay = next(backoff, None) if step is not Step.GIVE_UP else None
             if delay is None:
                 for item in pending.values():
-                    self._fail(item, report, retry_error.message)
+                    self._fail(item, report, failure.message)
                 return
+            retry_error = failure
             remaining = tuple(i.remote for i in pending.values() if i.remote is not None)
             self.reporter.retrying(
                 TransferBatch(files=remaining, staging=batch.staging, label=label),
@@ -1096,6 +1066,42 @@ class Applier:
                 retry_error.message,
             )
             self._sleep(delay)
+
+    def _session(
+        self,
+        batch: TransferBatch,
+        report: Report,
+        gate: SessionGate,
+        hasher: ThreadPoolExecutor,
+    ) -> tuple[TransferError | None, int, dict[str, _Hashed]] | None:
+        """One transfer session: ``(its failure or None, sessions beside it, early hashes)``.
+
+        None when the gate is closed (the run was stopped) before it could start.
+        """
+        error: TransferError | None = None
+        early = _EarlyHashes(self.staging, batch.files, hasher)
+        with gate.session() as slot:
+            if slot is None:
+                return None
+            concurrent = gate.concurrent
+            self.reporter.batch_started(batch)
+            with self._lock:
+                report.sessions += 1
+
+            def on_progress(event: ProgressEvent) -> None:
+                slot.connected()
+                self.reporter.progress(event)
+                if event.percent == 100:
+                    early.file_done(event.name)
+
+            try:
+                self.transfer.fetch(batch, on_progress)
+            except TransferError as exc:
+                error = exc
+                # Sessions started after this one ran beside it too: a refusal is
+                # "alone" only if none ran when it started nor when it failed.
+                concurrent = max(concurrent, gate.concurrent)
+        return error, concurrent, early.results()
 
     def _discard_stale_staging(self, files: Sequence[RemoteFile]) -> dict[str, str]:
         """Never resume a partial download of another upstream version of a file.

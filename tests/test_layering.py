@@ -17,6 +17,7 @@ ALLOWED = {
     "hashing": set(),
     "paths": {"errors", "model"},
     "retry": set(),
+    "decide": {"errors"},
     "plan": {"model"},
     "manifest": {"errors", "model", "paths"},
     "statedir": {"errors"},
@@ -29,8 +30,8 @@ ALLOWED = {
     "net": set(),
     "transports": {"errors", "model", "ports"},
     "sync": {
-        "errors", "model", "manifest", "hashing", "paths", "plan", "ports", "retry", "state",
-        "statedir",
+        "decide", "errors", "model", "manifest", "hashing", "paths", "plan", "ports", "retry",
+        "state", "statedir",
     },
     "render": {"check", "errors", "model"},
     # CI and scale: library modules the CLI composes; none of them starts a transfer.
