@@ -43,7 +43,6 @@ import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 from typing import Any, BinaryIO, Protocol
 from urllib.parse import urljoin, urlsplit
@@ -53,6 +52,7 @@ import urllib3
 
 from . import errors, model
 from .net import NO_DOWNGRADE, RedirectRefused, redirect_guard, transport_reason
+from .units import parse_utc
 
 log = logging.getLogger(__name__)
 
@@ -872,15 +872,10 @@ def _progress(emit: Callable[[model.ProgressEvent], None], job: _Job, done: int)
 
 
 def _set_mtime(path: Path, mtime: str) -> None:
-    # The listing's time, as ``ascp -p`` leaves it: --rebuild-state relies on it.
-    try:
-        stamp = datetime.fromisoformat(mtime.replace("Z", "+00:00"))
-    except ValueError:
-        return
-    if stamp.tzinfo is None:
-        stamp = stamp.replace(tzinfo=UTC)
-    seconds = stamp.timestamp()
-    os.utime(path, (seconds, seconds))
+    # The catalog's time, as ``ascp -p`` leaves it: --rebuild-state relies on it.
+    stamp = parse_utc(mtime)
+    if stamp is not None:
+        os.utime(path, (stamp.timestamp(), stamp.timestamp()))
 
 
 def _content_range(header: str | None) -> tuple[int | None, int | None]:

@@ -17,6 +17,7 @@ import yaml
 
 from .errors import RemoteNotFound, UsageError
 from .paths import unsafe_reason
+from .units import format_size
 
 RESULTS_FOLDER = "ResultFiles"
 _ACCESSION = re.compile(r"SDY[0-9]+")
@@ -140,14 +141,14 @@ def _study_lines(study: StudyOverview, *, results_only: bool) -> list[str]:
     lines = [
         "",
         f"  # {study.accession}: {len(study.entries)} top-level entries, "
-        f"{_size(study.size)}{release}.",
+        f"{format_size(study.size)}{release}.",
         f"  - accession: {study.accession}",
     ]
     width = max((len(_scalar(e.name)) for e in study.entries), default=0)
 
     def entry_line(entry: TopEntry, prefix: str) -> str:
         kind = "folder" if entry.folder else "file"
-        return f"{prefix}{_scalar(entry.name):<{width}}  # {kind}, {_size(entry.size)}"
+        return f"{prefix}{_scalar(entry.name):<{width}}  # {kind}, {format_size(entry.size)}"
 
     if results_only:
         results = next((e for e in study.entries if e.folder and e.name == RESULTS_FOLDER), None)
@@ -183,11 +184,3 @@ def _scalar(text: str) -> str:
         return text  # not a number, boolean or null in disguise ("2017", "yes", "1e5")
     # A JSON string is a valid YAML double-quoted scalar.
     return json.dumps(text)
-
-
-def _size(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    raise AssertionError("unreachable")

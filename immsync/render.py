@@ -31,6 +31,7 @@ from rich.text import Text
 from .check import FileCheck, FileState
 from .errors import ImmsyncError
 from .model import Action, FileOutcome, Plan, ProgressEvent, Report, TransferBatch, staged_name
+from .units import format_size as format_size
 
 JSON_ACTIONS = (Action.DOWNLOAD, Action.UPDATE, Action.REPAIR, Action.DELETE)
 
@@ -66,15 +67,6 @@ class VisibleFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         return visible(super().format(record))
-
-
-def format_size(n: float) -> str:
-    """Bytes as a short human figure with 1024-based units: ``1.5 MiB``."""
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    raise AssertionError("unreachable")
 
 
 # -- plan ------------------------------------------------------------------------------

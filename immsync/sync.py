@@ -27,7 +27,6 @@ import time
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
 from pathlib import Path
 
 from . import manifest as manifest_mod
@@ -70,6 +69,7 @@ from .ports import RemoteCatalog, Reporter, Transfer
 from .retry import RetryPolicy, delays
 from .state import STATE_DIRNAME, StateStore
 from .statedir import prepare_parents, private_folder, remove_files_below
+from .units import format_size, parse_utc
 
 log = logging.getLogger(__name__)
 
@@ -332,18 +332,9 @@ def _folder_named(pattern: str, paths: Iterable[str]) -> str | None:
 def _archives_left_out(accession: str, count: int, size: int) -> str:
     releases = "archived data release" if count == 1 else "archived data releases"
     return (
-        f"{accession}: {count} {releases} (archive/, {_size_text(size)}) left out; "
+        f"{accession}: {count} {releases} (archive/, {format_size(size)}) left out; "
         "add archive_file to file_types to include them"
     )
-
-
-def _size_text(n: float) -> str:
-    """Bytes in 1024-based units, as the rest of the output shows them: ``1.2 GiB``."""
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if abs(n) < 1024:
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} TiB"
 
 
 def with_checksums(
@@ -519,13 +510,8 @@ def adopt_local_files(
 
 
 def _same_second(local_mtime: float, remote_mtime: str) -> bool:
-    try:
-        parsed = datetime.fromisoformat(remote_mtime)
-    except ValueError:
-        return False
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=UTC)
-    return int(local_mtime) == int(parsed.timestamp())
+    parsed = parse_utc(remote_mtime)
+    return parsed is not None and int(local_mtime) == int(parsed.timestamp())
 
 
 def _is_regular(mode: int) -> bool:
@@ -618,15 +604,18 @@ def survey(
     # hashed here), so it serves both plans below.
     unobserved = (selected.keys() | state.keys()) - observed.keys()
     observed.update(observe_local(destination, state, unobserved))
-    plan = make_plan(
-        selected,
-        state,
-        observed,
-        listed=remote.listed,
-        covered=remote.covered,
-        notes=remote.notes,
-        prune=prune,
-    )
+    def plan_now() -> Plan:
+        return make_plan(
+            selected,
+            state,
+            observed,
+            listed=remote.listed,
+            covered=remote.covered,
+            notes=remote.notes,
+            prune=prune,
+        )
+
+    plan = plan_now()
     if not plan.to_fetch:
         return Survey(plan=plan, remote=remote, state=state, observed=observed)
     if not all_checksums:
@@ -643,15 +632,7 @@ def survey(
         state.update((e.path, e) for e in adopted)
         log.info("adopted %d local file(s) that match upstream", len(adopted))
     # Again, with the MD5s: they may turn up more changes, and verify what is fetched.
-    plan = make_plan(
-        selected,
-        state,
-        observed,
-        listed=remote.listed,
-        covered=remote.covered,
-        notes=remote.notes,
-        prune=prune,
-    )
+    plan = plan_now()
     return Survey(plan=plan, remote=remote, state=state, observed=observed)
 
 

@@ -67,7 +67,8 @@ def wait_until(condition: object, seconds: float, what: str) -> None:
     raise AssertionError(f"timed out after {seconds} s waiting for {what}")
 
 
-def test_ascp_ends_when_immsync_is_killed(world: World) -> None:
+def apply_with_a_hanging_ascp(world: World) -> tuple[subprocess.Popen[bytes], list[int]]:
+    """A real `immsync apply` whose ascp session hangs, and that ascp's pids."""
     world.configure_aspera(faults=[{"kind": "hang", "seconds": 60}])
     world.write_manifest("  - accession: SDY1\n    paths: [StudyFiles]\n")
     proc = subprocess.Popen(
@@ -77,9 +78,19 @@ def test_ascp_ends_when_immsync_is_killed(world: World) -> None:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )  # fmt: skip
+    ascps: list[int] = []
     try:
-        ascps: list[int] = []
         wait_until(lambda: ascps.extend(children_named(proc.pid, "ascp")) or ascps, 60, "ascp")
+    except BaseException:
+        proc.kill()
+        proc.wait()
+        raise
+    return proc, ascps
+
+
+def test_ascp_ends_when_immsync_is_killed(world: World) -> None:
+    proc, ascps = apply_with_a_hanging_ascp(world)
+    try:
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=30)
         wait_until(lambda: not any(alive(pid) for pid in ascps), 20, "ascp to end")
@@ -154,18 +165,8 @@ def _fetch(
 
 
 def test_apply_hands_its_destination_lock_to_every_ascp(world: World) -> None:
-    world.configure_aspera(faults=[{"kind": "hang", "seconds": 60}])
-    world.write_manifest("  - accession: SDY1\n    paths: [StudyFiles]\n")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "immsync", "apply", str(world.manifest_path), "--transport",
-         "ascp", "--session-stagger", "0"],
-        env={**os.environ, **world.env},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+    proc, ascps = apply_with_a_hanging_ascp(world)
     try:
-        ascps: list[int] = []
-        wait_until(lambda: ascps.extend(children_named(proc.pid, "ascp")) or ascps, 60, "ascp")
         lock = world.dest / ".immsync" / "lock"
         opened = set()
         for fd in os.listdir(f"/proc/{ascps[0]}/fd"):

@@ -13,6 +13,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "immsync"
 ALLOWED = {
     "errors": set(),
     "model": set(),
+    "units": set(),
     "ports": {"errors", "model"},
     "hashing": set(),
     "paths": {"errors", "model"},
@@ -26,19 +27,19 @@ ALLOWED = {
     "check": {"hashing", "model"},
     "immport": {"errors", "model", "net", "paths", "retry"},  # a package
     "ascp": {"errors", "model"},
-    "https": {"errors", "model", "net"},
+    "https": {"errors", "model", "net", "units"},
     "net": set(),
     "transports": {"errors", "model", "ports"},
     "sync": {
         "decide", "errors", "model", "manifest", "hashing", "paths", "plan", "ports", "retry",
-        "state", "statedir",
+        "state", "statedir", "units",
     },
-    "render": {"check", "errors", "model"},
+    "render": {"check", "errors", "model", "units"},
     # CI and scale: library modules the CLI composes; none of them starts a transfer.
     "events": {"errors", "lockfile", "model", "ports"},
     "lockfile": {"errors", "manifest", "model", "ports"},
     "shard": {"errors", "lock", "model", "state", "statedir"},
-    "init": {"errors", "paths"},
+    "init": {"errors", "paths", "units"},
     # The wiring: environment, credentials, transport choice, one run put together.
     "app": {
         "__init__", "ascp", "errors", "https", "immport", "lockfile", "model", "ports", "shard",
