@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)  ## run the main job offline against the bundled emulator and stand-in ascp
-	$(PY) -m immsync.testing.demo
+	$(PY) -m immsync.demo --workdir demo-run
 
 test: $(STAMP)  ## the default test suite, then the type and lint checks
 	$(PY) -m pytest

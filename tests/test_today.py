@@ -296,7 +296,7 @@ class TestTheDemo:
     def test_make_demo_runs_today_s_world_and_tells_the_truth(self, tmp_path: Path) -> None:
         """The demo's claims (one request per study on the re-run) are checked, not assumed."""
         result = subprocess.run(
-            [sys.executable, "-m", "immsync.testing.demo", "--workdir", str(tmp_path / "d")],
+            [sys.executable, "-m", "immsync.demo", "--workdir", str(tmp_path / "d")],
             capture_output=True,
             text=True,
             timeout=300,

@@ -1,10 +1,11 @@
-"""The offline demo: ``make demo`` (or ``python -m immsync.testing.demo``).
+"""The offline demo: ``make demo`` (or ``python -m immsync.demo``, from any install).
 
 Starts the bundled ImmPort emulator on 127.0.0.1 as today's ImmPort (2026: an API key,
 the study file manifest as the catalog, downloads through DRS links over HTTPS) and
 runs the real ``immsync`` command against it: the first apply fetches, verifies and
 records; the second finds nothing to do and sends one request per study. Everything
-lives in ``demo-run/``.
+lives in the folder given with ``--workdir`` (``make demo``: ``demo-run/``), or else
+in a temporary folder removed at the end.
 """
 
 from __future__ import annotations
@@ -14,10 +15,11 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
-from .emulator import Emulator
-from .sampledata import build_today_tree
+from immsync.testing.emulator import Emulator
+from immsync.testing.sampledata import build_today_tree
 
 _CATALOG_ROUTE = "/data/query/api/study/manifest/"
 
@@ -83,17 +85,20 @@ def run_demo(workdir: Path, manifest_template: Path) -> int:
     return 0
 
 
+MANIFEST = Path(__file__).with_name("manifest.yaml")
+"""The manifest the demo applies, shipped in the package (examples/demo links to it)."""
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--workdir", type=Path, default=Path("demo-run"))
+    parser = argparse.ArgumentParser(prog="python -m immsync.demo", description=__doc__)
     parser.add_argument(
-        "--manifest",
+        "--workdir",
         type=Path,
-        default=Path(__file__).resolve().parents[2] / "examples/demo/manifest.yaml",
+        help="where to build and keep everything (default: a temporary folder, removed)",
     )
+    parser.add_argument("--manifest", type=Path, default=MANIFEST)
     args = parser.parse_args()
-    sys.exit(run_demo(args.workdir.resolve(), args.manifest))
-
-
-if __name__ == "__main__":
-    main()
+    if args.workdir is not None:
+        sys.exit(run_demo(args.workdir.resolve(), args.manifest))
+    with tempfile.TemporaryDirectory(prefix="immsync-demo-") as scratch:
+        sys.exit(run_demo(Path(scratch) / "demo-run", args.manifest))
