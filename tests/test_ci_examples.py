@@ -61,6 +61,13 @@ def expand(text: str, values: dict[str, str]) -> str:
     return EXPRESSION.sub(lambda m: values[m[1]], text)
 
 
+def api_key_only(world: World) -> Any:
+    """An API key the examples' jobs get as their only credential (no password left)."""
+    key = world.emulator.add_api_key()
+    world.env.update({"IMMPORT_USERNAME": "", "IMMPORT_PASSWORD": "", "IMMPORT_TOKEN": ""})
+    return key
+
+
 def prepare(world: World) -> None:
     """The repository the CI job checks out: manifest.yaml and its committed lock."""
     world.write_manifest(WHOLE)
@@ -103,7 +110,7 @@ def test_github_actions_workflow(world: World):
     assert "manifest.lock.json" in cache["with"]["key"]
     assert upload["if"] == "always()"
     prepare(world)
-    secrets = {f"secrets.{k}": world.env[k] for k in ("IMMPORT_USERNAME", "IMMPORT_PASSWORD")}
+    secrets = {"secrets.IMMPORT_API_KEY": api_key_only(world).api_key}
     scripts = [s for s in steps if "run" in s and runs_immsync(s["run"])]
     assert scripts, "expected a step running immsync"
     for step in scripts:
@@ -126,7 +133,8 @@ def test_gitlab_ci_job(world: World):
     prepare(world)
     script = "\n".join(line for line in job["script"] if runs_immsync(line))
     assert "--frozen" in script
-    finish(run_shell(world, script, shell_env(world)))
+    variables = {"IMMPORT_API_KEY": api_key_only(world).api_key}  # a masked CI/CD variable
+    finish(run_shell(world, script, shell_env(world, variables)))
     for artifact in job["artifacts"]["paths"]:
         assert (world.root / artifact).is_file(), artifact
     assert_one_verified_mirror(world)
@@ -139,12 +147,13 @@ def test_github_actions_matrix_of_shards(world: World):
     assert merge["needs"] == "fetch"
     shards = fetch["strategy"]["matrix"]["shard"]
     prepare(world)
+    api_key = api_key_only(world).api_key
     children = []
     for shard in shards:
         values = {
             "matrix.shard": str(shard),
             "strategy.job-total": str(len(shards)),
-            **{f"secrets.{k}": world.env[k] for k in ("IMMPORT_USERNAME", "IMMPORT_PASSWORD")},
+            "secrets.IMMPORT_API_KEY": api_key,
         }
         env = {k: expand(str(v), values) for k, v in fetch["env"].items()}
         for step in fetch["steps"]:
@@ -166,12 +175,20 @@ def test_slurm_job_array(world: World):
     merge = re.search(r'--wrap "(immsync merge-shards .*)"$', script, re.M)
     assert merge is not None
     world.write_manifest(WHOLE)
+    key_file = world.emulator.write_api_key_file(world.root / "key.json", api_key_only(world))
     count = 2  # a smaller array than the example's: the same script, a faster test
     children = [
         run_shell(
             world,
             f"bash {CI / 'slurm-array.sh'} manifest.yaml",
-            shell_env(world, {"SLURM_ARRAY_TASK_ID": str(k), "SLURM_ARRAY_TASK_COUNT": str(count)}),
+            shell_env(
+                world,
+                {
+                    "SLURM_ARRAY_TASK_ID": str(k),
+                    "SLURM_ARRAY_TASK_COUNT": str(count),
+                    "IMMPORT_API_KEY_FILE": str(key_file),
+                },
+            ),
         )
         for k in range(1, count + 1)
     ]
@@ -193,8 +210,15 @@ def test_kubernetes_indexed_job(world: World):
     assert f"/{spec['completions']}\"" in command, "the shard count must equal completions"
     world.write_manifest(WHOLE)
     command = command.replace("/config/manifest.yaml", str(world.manifest_path))
+    (secret,) = [e for e in container["env"] if e["name"] == "IMMPORT_API_KEY"]
+    assert secret["valueFrom"]["secretKeyRef"]["key"] == "api_key"
+    api_key = api_key_only(world).api_key
     children = [
-        run_shell(world, command, shell_env(world, {"JOB_COMPLETION_INDEX": str(index)}))
+        run_shell(
+            world,
+            command,
+            shell_env(world, {"JOB_COMPLETION_INDEX": str(index), "IMMPORT_API_KEY": api_key}),
+        )
         for index in range(spec["completions"])
     ]
     for child in children:

@@ -4,8 +4,9 @@
 # merge the shard states once every task is done:
 #   jobid=$(sbatch --parsable examples/ci/slurm-array.sh manifest.yaml)
 #   sbatch --dependency=afterok:$jobid --wrap "immsync merge-shards manifest.yaml && immsync verify manifest.yaml"
-# Credentials: export IMMPORT_USERNAME and IMMPORT_PASSWORD before sbatch (the
-# environment is passed on), or use a ~/.netrc entry for auth.immport.org.
+# Credentials: export IMMPORT_API_KEY_FILE=~/.config/immport/immport-key.json (the key
+# file ImmPort's web site gives you; chmod 600) before sbatch: the environment is
+# passed on to every task.
 #SBATCH --job-name=immsync
 #SBATCH --array=1-8
 #SBATCH --cpus-per-task=2
