@@ -85,18 +85,22 @@ def _end_with_parent() -> Callable[[], None] | None:
 # Finding ascp and its key
 
 
-def _ascp_candidates(home: Path) -> list[Path]:
-    """Where Aspera Connect, the Aspera CLI, the SDK and HSTS put ascp (reference §3.4)."""
+def _ascp_candidates(home: Path, platform: str = sys.platform) -> list[Path]:
+    """Where Aspera Connect, the Aspera CLI, the SDK and HSTS put ascp on *platform*."""
+    if platform == "darwin":
+        return [
+            home / "Applications" / "Aspera Connect.app" / "Contents" / "Resources" / "ascp",
+            Path("/Applications/Aspera Connect.app/Contents/Resources/ascp"),
+            home / "Applications" / "IBM Aspera Connect.app" / "Contents" / "Resources" / "ascp",
+            Path("/Applications/IBM Aspera Connect.app/Contents/Resources/ascp"),
+            home / "Applications" / "Aspera CLI" / "bin" / "ascp",
+            home / ".aspera" / "sdk" / "ascp",
+        ]
     return [
         home / ".aspera" / "connect" / "bin" / "ascp",
         home / ".aspera" / "cli" / "bin" / "ascp",
         home / ".aspera" / "sdk" / "ascp",
         Path("/opt/aspera/bin/ascp"),
-        home / "Applications" / "Aspera Connect.app" / "Contents" / "Resources" / "ascp",
-        Path("/Applications/Aspera Connect.app/Contents/Resources/ascp"),
-        home / "Applications" / "IBM Aspera Connect.app" / "Contents" / "Resources" / "ascp",
-        Path("/Applications/IBM Aspera Connect.app/Contents/Resources/ascp"),
-        home / "Applications" / "Aspera CLI" / "bin" / "ascp",
     ]
 
 
@@ -270,7 +274,8 @@ def _hint(kind: errors.Failure, settings: AscpSettings, staging: Path) -> str:
         "auth": f"ascp could not log in to {settings.host} as {settings.user}: check that "
         f"{settings.key} is Aspera's asperaweb_id_dsa.openssh key ({KEY_ENV} selects "
         "another) and that the TCP port is right. Many sessions starting at once can "
-        "also be refused: retry with fewer parallel sessions.",
+        "also be refused: retry with fewer parallel sessions. Or use --transport https: "
+        "ImmPort's download links need no Aspera login.",
         "token": "The Aspera transfer token was refused (expired, or not covering these "
         "paths); a new token is needed for the retry.",
         "not_found": "ImmPort lists this file, but its Aspera server does not have it; "

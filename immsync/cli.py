@@ -38,6 +38,7 @@ from .app.run import (
     recorded_for,
     set_aside_broken_state,
 )
+from .app.transport import check_early
 from .check import FileState, status, verify
 from .errors import ExitCode, ImmsyncError, SyncFailed, UsageError
 from .events import EventReporter, EventStream, TeeReporter, error_to_json, write_summary_file
@@ -555,6 +556,7 @@ def apply(
             )
         pinned = read_lock(lock_path(manifest)) if frozen else None
         env = Environment.read(os.environ)
+        check_early(transport.value if transport else None, loaded, env)
         client = _connect(env, api_key_file, password_stdin, allow_insecure_http)
         delete_count, delete_share = parse_max_delete(max_delete)
         options = SyncOptions(

@@ -129,7 +129,8 @@ def choose_transport(
         try:
             found = probe_ascp()
         except errors.TransportUnavailable as exc:
-            choice = Choice(make_https(), f"https (ascp is not available: {exc.message})")
+            log.info("ascp is not available: %s", exc.message)
+            choice = Choice(make_https(), "https (no ascp installed; -v says where it looked)")
         else:
             choice = Choice(
                 AutoTransfer(make_ascp(), make_https(), notice=notice),

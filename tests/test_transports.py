@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -283,7 +284,7 @@ def test_auto_takes_https_when_ascp_is_missing():
     """auto without ascp: HTTPS only, and the reason says why."""
     transfer, reason = _choose("auto", ascp_found=False)
     assert isinstance(transfer, FakeTransfer) and transfer.name == "https"
-    assert reason == "https (ascp is not available: ascp (IBM Aspera) was not found)"
+    assert reason == "https (no ascp installed; -v says where it looked)"
 
 
 @pytest.mark.parametrize("mode", ["ascp", "https"])
@@ -332,7 +333,7 @@ def assert_synced(world: World) -> None:
 
 
 def no_ascp_anywhere(world: World, tmp_path: Path) -> None:
-    world.env["IMMSYNC_ASCP"] = str(tmp_path / "nowhere" / "ascp")
+    world.env["IMMSYNC_ASCP"] = ""  # naming a missing ascp is an error of its own
     world.env["HOME"] = str(tmp_path / "empty-home")
     world.env["PATH"] = str(tmp_path / "empty-bin")
 
@@ -340,12 +341,12 @@ def no_ascp_anywhere(world: World, tmp_path: Path) -> None:
 def test_without_ascp_auto_syncs_over_https_and_a_rerun_moves_nothing(
     world: World, tmp_path: Path
 ):
-    """IMMSYNC_ASCP pointing at nothing, no ascp on PATH: HTTPS does it all; rerun is a no-op."""
+    """No ascp installed anywhere: HTTPS does it all; a rerun is a no-op."""
     world.write_manifest(SDY1)
     no_ascp_anywhere(world, tmp_path)
     first = world.apply()
     assert first.exit_code == 0, first.output
-    assert "transport: https (ascp is not available: IMMSYNC_ASCP is set to" in first.stderr
+    assert "transport: https (no ascp installed; -v says where it looked)" in first.stderr
     assert_synced(world)
     assert world.sessions() == []
     assert over_https(world) == set(remote_files(world))
@@ -463,3 +464,40 @@ def test_an_interrupted_https_download_resumes_in_the_next_run(world: World):
     assert world.emulator.bytes_served(BIG) == BIG_SIZE
     assert (world.dest / BIG).read_bytes() == (world.remote / BIG).read_bytes()
     assert not partial.exists()
+
+
+# -- failing early and plainly ---------------------------------------------------------
+
+
+def test_transport_ascp_without_ascp_fails_before_any_request(world):
+    """--transport ascp with no ascp: exit 8 in the first second, nothing sent to ImmPort."""
+    world.env["IMMSYNC_ASCP"] = ""
+    world.env["PATH"] = str(world.root)  # an empty PATH: no ascp anywhere
+    world.env["HOME"] = str(world.root)
+    world.write_manifest("  - accession: SDY1\n")
+    before = len(world.emulator.requests_log)
+    result = world.apply("--transport", "ascp")
+    assert result.exit_code == 8, result.output
+    assert "ascp (IBM Aspera) was not found" in result.stderr
+    assert "Applications" not in result.stderr or sys.platform == "darwin"
+    assert len(world.emulator.requests_log) == before
+
+
+def test_an_immsync_ascp_that_names_nothing_is_an_error_under_auto(world, tmp_path):
+    world.env["IMMSYNC_ASCP"] = str(tmp_path / "no-such-ascp")
+    world.write_manifest("  - accession: SDY1\n")
+    before = len(world.emulator.requests_log)
+    result = world.apply()
+    assert result.exit_code == 8, result.output
+    assert "IMMSYNC_ASCP is set to" in result.stderr
+    assert len(world.emulator.requests_log) == before
+
+
+def test_no_ascp_under_auto_is_one_short_line(today):
+    today.write_manifest("  - accession: SDY1\n    paths: [StudyFiles]\n")
+    today.env["PATH"] = str(today.root)
+    today.env["HOME"] = str(today.root)
+    result = today.apply()
+    assert result.exit_code == 0, result.output
+    lines = [line for line in result.stderr.splitlines() if line.startswith("transport:")]
+    assert lines == ["transport: https (no ascp installed; -v says where it looked)"]

@@ -79,6 +79,23 @@ def choose(
     )
 
 
+def check_early(given: str | None, loaded: Manifest, env: Environment) -> None:
+    """Fail in the first second when the chosen transport cannot run at all.
+
+    ``--transport ascp`` (or the manifest's) without ascp or its key, and an
+    ``IMMSYNC_ASCP`` that names no program, end the run before any sign-in or listing.
+
+    Raises:
+        TransportUnavailable: ascp or its key is missing (exit 8).
+    """
+    mode = given or loaded.transport or "auto"
+    if mode == "ascp" or (mode == "auto" and env.ascp):
+        from ..ascp import locate_ascp, locate_key
+
+        binary = locate_ascp(env.ascp, path_env=env.path, home=env.home)
+        locate_key(env.aspera_key, binary)
+
+
 class LazyAscp:
     """Finds ``ascp`` only when a transfer is needed, so no-op runs work without it.
 
