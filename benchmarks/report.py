@@ -10,6 +10,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .figures import fmt
+from .today import BOUNDS as TODAY_BOUNDS
 
 Doc = dict[str, Any]
 
@@ -190,6 +191,7 @@ BOUNDS: dict[str, Callable[[Doc], str]] = {
     "hashing": _hashing,
     "memory": _memory,
     "https": _https,
+    **TODAY_BOUNDS,
 }
 
 
