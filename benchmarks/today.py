@@ -608,7 +608,14 @@ def _first_sync_bound(f: Doc) -> str:
     text += (
         "so all it gains is making them at once: its speed-up is at most about the "
         "number of files it downloads at once, times the client's requests a file over "
-        "its own. The latency alone costs it "
+        "its own"
+        + (
+            f" ({default} x {sum(theirs.values()):,} / {sum(ours.values()):,} = "
+            f"{default * sum(theirs.values()) / sum(ours.values()):.1f}x with the default)"
+            if default
+            else ""
+        )
+        + ". The latency alone costs it "
         f"{floors['immsync_default']:.0f} s with the default and "
         f"{floors['immsync_jobs']:.0f} s with --jobs {jobs}"
     )
