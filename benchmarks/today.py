@@ -233,14 +233,22 @@ def mirror(world: TodayWorld, accession: str, count: int, dest: Path) -> None:
 def default_https_jobs() -> int | None:
     """Files the HTTPS transport downloads at once when ``--jobs`` is not given.
 
-    Read from the command line's definition (for the report's prose only): a constant
-    for HTTPS if there is one, else ``apply``'s ``--jobs`` default; None if neither.
+    Read from immsync's configuration (for the report's prose and latency floors only):
+    an ``HTTPS_JOBS`` constant if there is one, else ``apply``'s ``--jobs`` default;
+    None if neither says.
     """
+    import importlib
+
+    for name in ("immsync.app.config", "immsync.cli"):
+        try:
+            module = importlib.import_module(name)
+        except ImportError:
+            continue
+        https_jobs = getattr(module, "HTTPS_JOBS", None)
+        if isinstance(https_jobs, int):
+            return https_jobs
     from immsync import cli
 
-    https_jobs = getattr(cli, "HTTPS_JOBS", None)
-    if isinstance(https_jobs, int):
-        return https_jobs
     default = inspect.signature(cli.apply).parameters["jobs"].default
     return default if isinstance(default, int) else None
 
@@ -382,7 +390,9 @@ def drs_first_sync(ctx: Context) -> Figure:
                 # Every request waits the added latency once; the client makes them in
                 # turn, immsync --jobs N (at best) N at a time.
                 "baseline": totals["baseline"] * FIRST_SYNC_LATENCY,
-                "immsync_default": totals["default"] * FIRST_SYNC_LATENCY / (default_jobs or 1),
+                "immsync_default": (
+                    totals["default"] * FIRST_SYNC_LATENCY / default_jobs if default_jobs else None
+                ),
                 "immsync_jobs": totals["jobs"] * FIRST_SYNC_LATENCY / FIRST_SYNC_JOBS,
             },
             "headline": (
@@ -616,8 +626,12 @@ def _first_sync_bound(f: Doc) -> str:
             else ""
         )
         + ". The latency alone costs it "
-        f"{floors['immsync_default']:.0f} s with the default and "
-        f"{floors['immsync_jobs']:.0f} s with --jobs {jobs}"
+        + (
+            f"{floors['immsync_default']:.0f} s with the default and "
+            if floors.get("immsync_default") is not None
+            else ""
+        )
+        + f"{floors['immsync_jobs']:.0f} s with --jobs {jobs}"
     )
     if default is not None and default < 5:
         text += (
