@@ -857,6 +857,17 @@ def memory(ctx: Context) -> Figure:
     )
 
 
+def _today(key: str) -> Callable[[Context], Figure]:
+    """A figure of issue 11 (today's ImmPort) from ``today.py``, which builds on this module."""
+
+    def run(ctx: Context) -> Figure:
+        from .today import FIGURES
+
+        return FIGURES[key](ctx)
+
+    return run
+
+
 ALL: dict[str, Callable[[Context], Figure]] = {
     "small_files": small_file_batching,
     "parallel": parallel_sessions,
@@ -869,5 +880,7 @@ ALL: dict[str, Callable[[Context], Figure]] = {
     "https_concurrency": https_concurrency,
 }
 """Run order: growth builds the 100,000-file mirror that status and memory use."""
+
+ALL.update({key: _today(key) for key in ("drs_first_sync", "drs_noop_apply", "manifest_memory")})
 
 

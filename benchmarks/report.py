@@ -10,6 +10,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .figures import fmt
+from .today import BOUNDS as TODAY_BOUNDS
 
 Doc = dict[str, Any]
 
@@ -190,11 +191,11 @@ BOUNDS: dict[str, Callable[[Doc], str]] = {
     "hashing": _hashing,
     "memory": _memory,
     "https": _https,
+    **TODAY_BOUNDS,
 }
 
 
 def markdown(doc: Doc) -> str:
-    m = doc["machine"]
     figures: list[Doc] = doc["figures"]
     lines = [
         "# Benchmarks",
@@ -209,11 +210,20 @@ def markdown(doc: Doc) -> str:
         "",
         "## Machine",
         "",
-        "| CPU | cores | RAM | Python | kernel | date | suite | run time |",
-        "|---|---|---|---|---|---|---|---|",
-        f"| {m['cpu']}{' (AVX2)' if m.get('avx2') else ''} | {m['cores']} | "
-        f"{m['ram_gib']} GiB | {m['python']} | {m['kernel']} | {m['date']} | "
-        f"{doc['suite']} | {doc['total_seconds'] / 60:.1f} min |",
+        "| CPU | cores | RAM | Python | kernel | date | suite | run time | figures |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    titles = {f["key"]: f["title"] for f in figures}
+    runs = doc.get("runs") or [{**doc, "figures": list(titles)}]
+    for run in runs:
+        m = run["machine"]
+        shown = "all" if len(runs) == 1 else ", ".join(titles.get(k, k) for k in run["figures"])
+        lines.append(
+            f"| {m['cpu']}{' (AVX2)' if m.get('avx2') else ''} | {m['cores']} | "
+            f"{m['ram_gib']} GiB | {m['python']} | {m['kernel']} | {m['date']} | "
+            f"{run['suite']} | {run['total_seconds'] / 60:.1f} min | {shown} |"
+        )
+    lines += [
         "",
         "The machine is shared: other jobs ran during the measurements, which is why "
         "only side-by-side ratios are reported as results.",

@@ -3,7 +3,9 @@
 Prints one line per figure and writes the results, with the machine's description and
 the date, to ``BENCHMARKS.md`` and the raw numbers to ``benchmarks/results/latest.json``
 (``--quick``: ``benchmarks/results/quick.md`` and ``quick.json``, so a quick run never
-overwrites the real results). Exit status 0 even when a target is missed: a missed
+overwrites the real results). ``--only`` updates the figures it runs in those files and
+keeps the others, each with the machine and date of its own run. Exit status 0 even when
+a target is missed: a missed
 target is a finding to report, not a crash; 1 when a figure could not be measured.
 """
 
@@ -92,12 +94,49 @@ def main(argv: list[str] | None = None) -> int:
         "figures": [asdict(f) for f in figures],
         "not_measured": failed,
     }
+    doc["runs"] = [_run_record(doc, wanted)]
+    if options.only and json_out.exists():
+        doc = _merge(json.loads(json_out.read_text(encoding="utf-8")), doc, wanted)
     json_out.parent.mkdir(parents=True, exist_ok=True)
     json_out.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(report.markdown(doc), encoding="utf-8")
     print(f"total {total:.0f} s; wrote {out} and {json_out}", flush=True)
     return 1 if failed else 0
+
+
+def _run_record(doc: dict[str, Any], keys: list[str]) -> dict[str, Any]:
+    """When, where and at which size *keys* were measured."""
+    return {
+        "suite": doc["suite"],
+        "machine": doc["machine"],
+        "total_seconds": doc["total_seconds"],
+        "figures": keys,
+    }
+
+
+def _merge(old: dict[str, Any], new: dict[str, Any], ran: list[str]) -> dict[str, Any]:
+    """*new*'s figures in place of the same ones in *old*; *old*'s others kept as they were.
+
+    A run of some figures (``--only``) thus updates the report instead of replacing
+    it. Each run keeps its own machine, date and size in ``runs``; the top-level
+    machine and suite are the latest run's.
+    """
+    kept = [f for f in old.get("figures", []) if f["key"] not in ran]
+    by_key = {f["key"]: f for f in [*kept, *new["figures"]]}
+    order = [*ALL, *(k for k in by_key if k not in ALL)]
+    runs = []
+    for run in old.get("runs") or [_run_record(old, [f["key"] for f in old.get("figures", [])])]:
+        still = [k for k in run["figures"] if k not in ran]
+        if still:
+            runs.append({**run, "figures": still})
+    not_measured = {k: v for k, v in old.get("not_measured", {}).items() if k not in ran}
+    return {
+        **new,
+        "figures": [by_key[k] for k in order if k in by_key],
+        "not_measured": {**not_measured, **new["not_measured"]},
+        "runs": [*runs, *new["runs"]],
+    }
 
 
 def _remove(workdir: Path, *, background: bool) -> None:

@@ -19,10 +19,11 @@ FIGURES = {
     "https",
     "https_concurrency",
 }
+FIGURES |= {"drs_first_sync", "drs_noop_apply", "manifest_memory"}  # today's ImmPort
 
 
 def test_quick_suite_produces_every_figure(tmp_path: Path) -> None:
-    """`python -m benchmarks.run --quick` measures all seven figures and reports each."""
+    """`python -m benchmarks.run --quick` measures every figure and reports each."""
     markdown, raw = tmp_path / "bench.md", tmp_path / "bench.json"
     result = subprocess.run(
         [
@@ -55,3 +56,80 @@ def test_quick_suite_produces_every_figure(tmp_path: Path) -> None:
         assert f"### {figure['title']}" in text
         assert f"{figure['title']}: " in result.stdout, "one printed line per figure"
     assert not (tmp_path / "work").exists(), "the work folder is removed afterwards"
+
+
+def test_only_updates_the_figures_it_runs_and_keeps_the_others(tmp_path: Path) -> None:
+    """`--only` replaces its figures in an existing report; the others keep their run."""
+    markdown, raw = tmp_path / "bench.md", tmp_path / "bench.json"
+    earlier_machine = {
+        "cpu": "Earlier CPU",
+        "avx2": False,
+        "cores": 64,
+        "ram_gib": 1.0,
+        "python": "3.0",
+        "kernel": "k",
+        "date": "2001-02-03 04:05 UTC",
+    }
+    kept = {
+        "key": "kept_figure",
+        "title": "a figure from an earlier run",
+        "setup": "s",
+        "target": "t",
+        "measured": "m",
+        "unit": "x",
+        "value": {"median": 1.0, "min": 1.0, "max": 1.0, "values": [1.0]},
+        "passed": True,
+        "how": "h",
+        "bound": "",
+        "details": {},
+        "seconds": 1.0,
+    }
+    stale = {**kept, "key": "hashing", "title": "stale hashing figure"}
+    raw.write_text(
+        json.dumps(
+            {
+                "suite": "full",
+                "machine": earlier_machine,
+                "total_seconds": 60.0,
+                "sizes": {},
+                "figures": [kept, stale],
+                "not_measured": {"other_figure": "it broke"},
+            }
+        )
+    )
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "benchmarks.run",
+            "--quick",
+            "--only",
+            "hashing",
+            "--out",
+            str(markdown),
+            "--json",
+            str(raw),
+            "--workdir",
+            str(tmp_path / "work"),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=110,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    doc = json.loads(raw.read_text())
+    figures = {f["key"]: f for f in doc["figures"]}
+    assert set(figures) == {"kept_figure", "hashing"}
+    assert figures["kept_figure"] == kept
+    assert figures["hashing"]["title"] != "stale hashing figure"
+    assert doc["not_measured"] == {"other_figure": "it broke"}
+    earlier, latest = doc["runs"]
+    assert earlier["machine"] == earlier_machine and earlier["figures"] == ["kept_figure"]
+    assert latest["figures"] == ["hashing"] and latest["suite"] == "quick"
+    text = markdown.read_text()
+    assert "Earlier CPU" in text and earlier_machine["date"] in text
+    assert doc["machine"]["date"] in text
+    assert "### a figure from an earlier run" in text
+    assert f"### {figures['hashing']['title']}" in text
