@@ -58,7 +58,7 @@ log = logging.getLogger(__name__)
 
 CHUNK_SIZE = 1 << 20
 """Bytes read from the network and written to disk at a time."""
-DEFAULT_JOBS = 8
+DEFAULT_JOBS = 16
 """Files downloading at once unless told otherwise: small files are latency-bound."""
 METHODS = ("s3", "stream")
 """The DRS shortcut's access methods, in the order they are tried."""

@@ -21,6 +21,7 @@ import pytest
 import requests
 from conftest import PASSWORD, World
 
+from immsync.app.config import HTTPS_JOBS
 from immsync.errors import ExitCode, TransferError, UsageError
 from immsync.https import DEFAULT_JOBS, HttpsTransfer
 from immsync.immport import ApiKey, Credentials, ImmportClient
@@ -571,15 +572,17 @@ class PeakBlobs:
         emu._blob = blob  # type: ignore[method-assign]
 
 
-def test_https_downloads_eight_files_at_once_unless_jobs_is_given(today: World):
-    """Without --jobs, HTTPS moves DEFAULT_JOBS (8) files at once; --jobs 2 means 2."""
-    assert DEFAULT_JOBS == 8
+def test_https_downloads_sixteen_files_at_once_unless_jobs_is_given(today: World):
+    """Without --jobs, HTTPS moves DEFAULT_JOBS (16) files at once; --jobs 2 means 2."""
+    assert DEFAULT_JOBS == HTTPS_JOBS == 16
     today.write_manifest(SDY1)
-    peak = PeakBlobs(today.emulator, target=8)
+    files = len(today.run("plan", str(today.manifest_path), "--json").json()["actions"])
+    expected = min(DEFAULT_JOBS, files)
+    assert expected >= 8, "the sample study must be large enough to show the limit"
+    peak = PeakBlobs(today.emulator, target=expected)
     first = today.apply("--transport", "https")
     assert first.exit_code == 0, first.output
-    assert len(recorded(today)) >= 10
-    assert peak.peak == 8
+    assert peak.peak == expected
     for path in recorded(today):
         (today.dest / path).unlink()
     peak.peak, peak.target = 0, 2

@@ -32,7 +32,7 @@ DEFAULT_DATA_URL = "https://api.immport.org/data"
 """The legacy data API: the folder listing and Aspera tokens, used only where they answer."""
 ASCP_JOBS = 2
 """``--jobs`` for ascp: sessions at once (servers refuse bursts of sign-ins)."""
-HTTPS_JOBS = 8
+HTTPS_JOBS = 16
 """``--jobs`` over HTTPS: files at once; small files are latency-bound, links are cheap."""
 
 

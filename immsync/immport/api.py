@@ -58,6 +58,10 @@ class Api:
                 self.bearer.refused(token, status, endpoint, wire.server_says(body), reauthed)
                 reauthed = True
             wire.raise_for_status(status, headers, body, endpoint)
-            return wire.parse_json(body, endpoint, item=item)
+            # Decode, then let the bytes go before the rows are built: a study
+            # manifest is tens of megabytes, and both copies at once set the peak.
+            text = wire.decode(body, endpoint)
+            del body
+            return wire.parse_text(text, endpoint, item=item)
 
         return wire.with_retries(attempt, endpoint)

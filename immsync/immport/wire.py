@@ -241,10 +241,19 @@ class Wire:
         """The reply as JSON. With *item*, a top-level array (or one wrapped as
         ``{"content": [...]}``) is decoded one element at a time, each replaced by
         ``item(element)``, so a large reply never exists as a whole list of dicts."""
+        return self.parse_text(self.decode(body, endpoint), endpoint, item=item)
+
+    def decode(self, body: bytes, endpoint: str) -> str:
+        """The reply's text (UTF-8, a byte-order mark allowed)."""
         try:
-            text = body.decode("utf-8-sig")
+            return body.decode("utf-8-sig")
         except UnicodeDecodeError:
             self.malformed(endpoint, "the reply is not UTF-8 text")
+
+    def parse_text(
+        self, text: str, endpoint: str, *, item: Callable[[Any], Any] | None = None
+    ) -> Any:
+        """``parse_json`` of a reply already decoded (see there)."""
         stripped = text.lstrip()
         if not stripped:
             self.malformed(endpoint, "the reply is empty")
