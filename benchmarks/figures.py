@@ -166,7 +166,8 @@ class Context:
         return path
 
 
-def _count_files(top: Path) -> int:
+def count_files(top: Path) -> int:
+    """Files below *top*, immsync's own folder left out."""
     total = 0
     for _dirpath, dirnames, filenames in os.walk(top):
         if ".immsync" in dirnames:
@@ -200,7 +201,7 @@ def small_file_batching(ctx: Context) -> Figure:
                 world, lambda: immsync("apply", str(manifest), env=world.env)
             )
             proc.check()
-            got = _count_files(dest)
+            got = count_files(dest)
             if got != len(paths):
                 raise RuntimeError(f"immsync fetched {got} of {len(paths)} files")
             ours.append(proc.elapsed)
@@ -371,7 +372,7 @@ def growth(ctx: Context) -> Figure:
                 world, lambda: immsync("apply", str(manifest), env=world.env)
             )
             proc.check()
-            got = _count_files(dest)
+            got = count_files(dest)
             if got != count:
                 raise RuntimeError(f"apply fetched {got} of {count} files")
             rates[count].append(count / proc.elapsed)

@@ -37,7 +37,7 @@ from immsync.testing.sampledata import build_many_files
 
 from . import common
 from .common import Proc, immsync, ratio_summary, summary
-from .figures import MB, MIB, Context, Figure, fmt
+from .figures import MB, MIB, Context, Figure, count_files, fmt
 
 Doc = dict[str, Any]
 
@@ -263,15 +263,6 @@ def rotate(rounds: int, runs: Sequence[Callable[[], None]]) -> None:
         shift = n % len(runs)
         for run in [*runs[shift:], *runs[:shift]]:
             run()
-
-
-def count_files(top: Path) -> int:
-    total = 0
-    for _dirpath, dirnames, filenames in os.walk(top):
-        if ".immsync" in dirnames:
-            dirnames.remove(".immsync")
-        total += len(filenames)
-    return total
 
 
 # -- (a) first sync over DRS ---------------------------------------------------------
