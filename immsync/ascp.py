@@ -36,6 +36,7 @@ from pathlib import Path, PurePosixPath
 from typing import IO
 
 from immsync import errors, model
+from immsync.staging import staged_name
 
 log = logging.getLogger(__name__)
 
@@ -463,7 +464,7 @@ class AscpTransfer:
                 pair_list = Path(name)
                 with os.fdopen(fd, "wb") as fh:
                     for file in batch.files:
-                        staged = model.staged_name(file.path)
+                        staged = staged_name(file.path)
                         fh.write(f"{file.remote_path}\n{staged}\n".encode())
             except OSError as exc:
                 # A full or read-only disk shows here first: say so, as ascp would.

@@ -52,6 +52,7 @@ import urllib3
 
 from . import errors, model
 from .net import NO_DOWNGRADE, RedirectRefused, redirect_guard, transport_reason
+from .staging import checkpoint_of, partial_of, staged_name, validator_of
 from .units import parse_utc
 
 log = logging.getLogger(__name__)
@@ -306,7 +307,7 @@ class HttpsTransfer:
     ) -> None:
         file = job.file
         final = _staged_path(job.staging, file.path)
-        partial = final.with_name(final.name + ".partial")
+        partial = partial_of(final)
         try:
             final.parent.mkdir(parents=True, exist_ok=True)
             if _is_regular(final):
@@ -339,7 +340,7 @@ class HttpsTransfer:
             try:
                 _set_mtime(partial, file.mtime)
                 os.replace(partial, final)
-                _validator_path(partial).unlink(missing_ok=True)
+                validator_of(partial).unlink(missing_ok=True)
             except OSError as exc:
                 raise _local_error(file, final, exc) from None
             self._links.drs.forget(study.uuid)
@@ -455,7 +456,7 @@ class HttpsTransfer:
     ) -> None:
         file = job.file
         offset = _size_of(partial) if resume and _is_regular(partial) else 0
-        sidecar = partial.with_name(partial.name.removesuffix(".partial") + ".aspx")
+        sidecar = checkpoint_of(partial)
         if offset and os.path.lexists(sidecar):
             # ascp's partial file may have holes that only its .aspx checkpoint
             # accounts for: its size is no proof of a whole prefix.
@@ -779,7 +780,7 @@ def _connection_error(
 
 
 def _staged_path(staging: Path, relative: str) -> Path:
-    parts = PurePosixPath(model.staged_name(relative)).parts
+    parts = PurePosixPath(staged_name(relative)).parts
     if (
         not relative
         or relative.startswith("/")
@@ -825,17 +826,13 @@ def _discard(file: model.RemoteFile, partial: Path) -> None:
 def _discard_partial(file: model.RemoteFile, partial: Path) -> None:
     """Forget a partial download and the ETag of the version it holds."""
     _discard(file, partial)
-    _discard(file, _validator_path(partial))
-
-
-def _validator_path(partial: Path) -> Path:
-    return partial.with_name(partial.name.removesuffix(".partial") + ".etag")
+    _discard(file, validator_of(partial))
 
 
 def _read_validator(partial: Path) -> str | None:
     """The strong ETag of the version the partial download holds, if one was given."""
     try:
-        text = _validator_path(partial).read_text(encoding="ascii").strip()
+        text = validator_of(partial).read_text(encoding="ascii").strip()
     except (OSError, UnicodeDecodeError):
         return None
     return text if _STRONG_ETAG.fullmatch(text) else None
@@ -847,7 +844,7 @@ def _keep_validator(file: model.RemoteFile, partial: Path, etag: str | None) -> 
     Only a strong ETag identifies the bytes (a weak one, ``W/"..."``, may not); without
     one, a resume goes unconditional, as before, and the size and MD5 checks remain.
     """
-    target = _validator_path(partial)
+    target = validator_of(partial)
     try:
         if etag is None or not _STRONG_ETAG.fullmatch(etag.strip()):
             target.unlink(missing_ok=True)
@@ -864,7 +861,7 @@ def _progress(emit: Callable[[model.ProgressEvent], None], job: _Job, done: int)
     emit(
         model.ProgressEvent(
             session=job.label,
-            name=PurePosixPath(model.staged_name(job.file.path)).name,
+            name=PurePosixPath(staged_name(job.file.path)).name,
             percent=100 if size == 0 else min(100, done * 100 // size),
             bytes_done=done,
         )

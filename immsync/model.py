@@ -10,7 +10,6 @@ without its leading slash, and the place below the destination where the file la
 
 from __future__ import annotations
 
-import hashlib
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -280,40 +279,6 @@ MAX_NAME_BYTES = 255
 """The longest file or folder name most file systems take (NAME_MAX), in UTF-8 bytes."""
 MAX_PATH_BYTES = 4096
 """The longest path the kernel takes (PATH_MAX), in UTF-8 bytes."""
-IN_TRANSIT_SUFFIXES = (".partial", ".aspx", ".partial.aspx")
-"""Beside a staged file while a transport still works on it: ascp's partial file and
-resume checkpoint (named after either form); HTTPS writes the same partial file."""
-STAGING_SUFFIXES = (*IN_TRANSIT_SUFFIXES, ".etag")
-"""Every suffix a transport adds to a staged file's name (``.etag``: the HTTPS
-validator of a partial download)."""
-LONG_NAMES_DIRNAME = "long-names"
-"""Where files are staged whose own path cannot be staged (see ``staged_name``)."""
-STAGED_PATH_BUDGET = MAX_PATH_BYTES // 4
-"""The longest path staged as itself, suffix included, in bytes: a quarter of what a
-path may have, so that the staging folder's own path can take the rest."""
-_SUFFIX_ROOM = max(len(s) for s in STAGING_SUFFIXES)
-
-
-def staged_name(path: str) -> str:
-    """Where the file at *path* travels, relative to the staging folder.
-
-    Its own path, unless a staging suffix would make its name longer than a name may
-    be (names of 243 to 255 bytes are legal but cannot carry ``.partial.aspx``), or
-    its path longer than ``STAGED_PATH_BUDGET``: then ``long-names/<hash of the path>``,
-    which cannot overflow, and which no study folder can clash with (those are named
-    ``SDY<digits>``). Every transport and the applier stage through this, so the
-    mapping is kept here, once.
-    """
-    if len(path) + _SUFFIX_ROOM <= MAX_NAME_BYTES and path.isascii():
-        return path  # the usual case, decided without encoding
-    encoded = path.encode("utf-8", "surrogatepass")
-    name = encoded.rpartition(b"/")[2]
-    if (
-        len(name) + _SUFFIX_ROOM <= MAX_NAME_BYTES
-        and len(encoded) + _SUFFIX_ROOM <= STAGED_PATH_BUDGET
-    ):
-        return path
-    return f"{LONG_NAMES_DIRNAME}/{hashlib.sha256(encoded).hexdigest()[:32]}"
 
 
 @dataclass(frozen=True, slots=True)

@@ -30,7 +30,8 @@ from rich.text import Text
 
 from .check import FileCheck, FileState
 from .errors import ImmsyncError
-from .model import Action, FileOutcome, Plan, ProgressEvent, Report, TransferBatch, staged_name
+from .model import Action, FileOutcome, Plan, ProgressEvent, Report, TransferBatch
+from .staging import staged_name
 from .units import format_size as format_size
 
 JSON_ACTIONS = (Action.DOWNLOAD, Action.UPDATE, Action.REPAIR, Action.DELETE)

@@ -13,6 +13,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "immsync"
 ALLOWED = {
     "errors": set(),
     "model": set(),
+    "staging": {"model"},
     "units": set(),
     "ports": {"errors", "model"},
     "hashing": set(),
@@ -26,15 +27,15 @@ ALLOWED = {
     "lock": {"errors", "statedir"},
     "check": {"hashing", "model"},
     "immport": {"errors", "model", "net", "paths", "retry"},  # a package
-    "ascp": {"errors", "model"},
-    "https": {"errors", "model", "net", "units"},
+    "ascp": {"errors", "model", "staging"},
+    "https": {"errors", "model", "net", "staging", "units"},
     "net": set(),
     "transports": {"errors", "model", "ports"},
     "sync": {
         "decide", "errors", "model", "manifest", "hashing", "paths", "plan", "ports", "retry",
-        "state", "statedir", "units",
+        "staging", "state", "statedir", "units",
     },
-    "render": {"check", "errors", "model", "units"},
+    "render": {"check", "errors", "model", "staging", "units"},
     # CI and scale: library modules the CLI composes; none of them starts a transfer.
     "events": {"errors", "lockfile", "model", "ports"},
     "lockfile": {"errors", "manifest", "model", "ports"},

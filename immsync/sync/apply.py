@@ -27,8 +27,6 @@ from ..errors import (
 )
 from ..hashing import Digests, file_digests
 from ..model import (
-    IN_TRANSIT_SUFFIXES,
-    STAGING_SUFFIXES,
     Action,
     FileOutcome,
     Manifest,
@@ -39,11 +37,11 @@ from ..model import (
     Report,
     StateEntry,
     TransferBatch,
-    staged_name,
 )
 from ..paths import resolve_inside
 from ..ports import Reporter, Transfer
 from ..retry import RetryPolicy, delays
+from ..staging import IN_TRANSIT_SUFFIXES, STAGING_SUFFIXES, staged_name
 from ..state import STATE_DIRNAME, StateStore
 from ..statedir import prepare_parents, private_folder, remove_files_below
 from .batches import SessionGate, make_batches
