@@ -78,7 +78,8 @@ from .shard import (
     open_main_with_shards,
     shard_lock_path,
 )
-from .state import STATE_DIRNAME, state_path
+from .state import lock_path as destination_lock_path
+from .state import state_path
 from .sync import Survey, SyncOptions, check_prune, survey, survey_remote
 
 if TYPE_CHECKING:
@@ -582,7 +583,7 @@ def apply(
                 report, found.remote.problems, out, unlisted=len(found.remote.failed_roots)
             )
             return
-        main_lock = loaded.destination / STATE_DIRNAME / "lock"
+        main_lock = destination_lock_path(loaded.destination)
         with contextlib.ExitStack() as locks:
             # A shard shares the destination with the other shards of its run only.
             held = [
@@ -790,7 +791,7 @@ def merge_shards_command(
         if not existing_shards(loaded.destination):
             _out(f"no shard states to merge in {loaded.destination}")
             return
-        lock_file = loaded.destination / STATE_DIRNAME / "lock"
+        lock_file = destination_lock_path(loaded.destination)
         with DestinationLock(lock_file, wait=wait), open_state(loaded, create=True) as store:
             result = merge_shards(loaded.destination, store)
         names = ", ".join(str(s) for s in result.shards)

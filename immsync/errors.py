@@ -7,7 +7,12 @@ The exit codes are part of the command-line interface and documented in README.m
 
 from __future__ import annotations
 
+import errno
 from enum import IntEnum, StrEnum
+
+DISK_UNUSABLE = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS})
+"""``OSError.errno`` values meaning the destination's disk takes no more writes:
+full, over quota or read-only. Every other file would fail alike."""
 
 
 class ExitCode(IntEnum):

@@ -30,7 +30,6 @@ until it expires. It is never logged or put in a message whole; only
 from __future__ import annotations
 
 import contextlib
-import errno
 import itertools
 import json
 import logging
@@ -66,7 +65,6 @@ METHODS = ("s3", "stream")
 _LINK_GUARD = redirect_guard(NO_DOWNGRADE)
 _ERROR_BODY_LIMIT = 64 * 1024
 _SHOWN_FAILURES = 3
-_LOCAL_FULL = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS})
 _CONTENT_RANGE = re.compile(r"bytes\s+(\d+)-(\d+)/(\d+|\*)")
 _UNSATISFIED_RANGE = re.compile(r"bytes\s+\*/(\d+)")
 # A strong entity tag (RFC 9110 8.8.3): quoted, printable, not W/ (weak).
@@ -757,7 +755,7 @@ def _kind_rank(kind: errors.Failure) -> int:
 
 
 def _local_error(file: model.RemoteFile, where: Path, exc: OSError) -> errors.TransferError:
-    kind = "disk" if exc.errno in _LOCAL_FULL else "permanent"
+    kind = "disk" if exc.errno in errors.DISK_UNUSABLE else "permanent"
     return _file_error(
         file, kind, f"cannot write {where}: {exc.strerror or exc}", exc.strerror or str(exc)
     )

@@ -64,6 +64,11 @@ def state_path(destination: Path) -> Path:
     return destination / STATE_DIRNAME / STATE_FILENAME
 
 
+def lock_path(destination: Path) -> Path:
+    """The destination's lock file (see ``immsync.lock``)."""
+    return destination / STATE_DIRNAME / "lock"
+
+
 class StateStore:
     """Open with ``StateStore.open(path)``; use as a context manager to close it."""
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import errno
 import logging
 import os
 import random
@@ -17,6 +16,7 @@ from pathlib import Path
 
 from ..decide import Step, decide
 from ..errors import (
+    DISK_UNUSABLE,
     ChecksumMismatch,
     Failure,
     ImmsyncError,
@@ -50,7 +50,6 @@ from .survey import Survey, check_prune, is_regular_mode
 log = logging.getLogger(__name__)
 
 STAGING_DIRNAME = "staging"
-_DESTINATION_UNUSABLE = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS})
 # What a transport may leave of one file in staging: the file and its suffixed forms.
 _STAGED_SUFFIXES = ("", *STAGING_SUFFIXES)
 
@@ -497,7 +496,7 @@ class Applier:
                 f"{remote.path}: cannot place the verified file at {final}: "
                 f"{exc.strerror or exc}"
             )
-            if exc.errno in _DESTINATION_UNUSABLE:
+            if exc.errno in DISK_UNUSABLE:
                 # Every other file would fail the same way: stop now, keep what is done.
                 self._fatal = error
                 self._abort()
