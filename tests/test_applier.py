@@ -277,29 +277,38 @@ class TestRetries:
 
 
 class Overlap:
-    """Wraps a transfer and measures how many of its calls ran at once."""
+    """Wraps a transfer and measures how many of its calls ran at once.
 
-    def __init__(self, inner: FakeTransfer, *, meet: int = 0) -> None:
+    The first two calls meet (each starts while the other is in flight); the one of them
+    that succeeds then stays in flight until a third call starts, or *hold* seconds.
+    """
+
+    def __init__(self, inner: FakeTransfer, *, hold: float = 0.3) -> None:
         self.inner = inner
         self.name = inner.name
         self._lock = threading.Lock()
         self._active = 0
+        self._started = 0
+        self._hold = hold
+        self._meeting = threading.Barrier(2)
+        self._third = threading.Event()
         self.peaks: list[int] = []
-        """The number in flight as each call started."""
-        self._meeting = threading.Barrier(meet) if meet else None
-        self._met = 0
+        """How many calls were in flight as each call started."""
 
     def fetch(self, batch: TransferBatch, on_progress: Any) -> None:
         with self._lock:
             self._active += 1
+            self._started += 1
+            number = self._started
             self.peaks.append(self._active)
-            self._met += 1
-            wait = self._meeting is not None and self._met <= self._meeting.parties
+        if number >= 3:
+            self._third.set()
         try:
-            if wait and self._meeting is not None:
-                # The first calls meet: each is in flight while the others start.
+            if number <= 2:
                 self._meeting.wait(timeout=10)
             self.inner.fetch(batch, on_progress)
+            if number <= 2:
+                self._third.wait(timeout=self._hold)
         finally:
             with self._lock:
                 self._active -= 1
@@ -313,7 +322,7 @@ class TestRefusals:
         """auth refused while 2 ran: the limit drops to 1, the batch is retried alone."""
         rig = make({A: blob(A, 10), B: blob(B, 20), C: blob(C, 30)})
         rig.transfer.fail_on_call(1, TransferError("failed to authenticate", kind="auth"))
-        overlap = Overlap(rig.transfer, meet=2)
+        overlap = Overlap(rig.transfer)
         applier = Applier(
             rig.manifest,
             rig.store,
@@ -328,8 +337,7 @@ class TestRefusals:
         report = applier.run(survey(rig.manifest, rig.catalog, rig.store))
         assert report.failures == []
         assert len(rig.transfer.calls) == 3
-        assert overlap.peaks[:2] == [1, 2]
-        assert overlap.peaks[2] == 1, "the retry ran beside another session"
+        assert overlap.peaks == [1, 2, 1], "after the refusal, sessions still ran side by side"
         assert rig.clock.sleeps == [1.0]
         assert [r[2] for r in rig.reporter.retries] == ["auth"]
         assert sorted(rig.recorded()) == [A, B, C]
