@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import tempfile
+from pathlib import Path
 
 import xxhash
 from hypothesis import given, settings
@@ -40,8 +42,26 @@ def test_empty_file(tmp_path):
 @settings(max_examples=50, deadline=None)
 @given(st.binary(max_size=5000))
 def test_checksum_format(data):
-    """Every checksum is 'xxh3_128:' plus 32 lowercase hex digits."""
-    assert is_checksum("xxh3_128:" + xxhash.xxh3_128(data).hexdigest())
+    """file_checksum gives 'xxh3_128:' + 32 lowercase hex; is_checksum takes it, and no variant."""
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "f"
+        path.write_bytes(data)
+        checksum = file_checksum(path)
+    hexdigest = xxhash.xxh3_128(data).hexdigest()
+    assert checksum == "xxh3_128:" + hexdigest
+    assert is_checksum(checksum)
+    malformed = [
+        "md5:" + hexdigest,
+        hexdigest,
+        checksum[:-1],
+        checksum + "0",
+        checksum[:-1] + "g",
+        "xxh3_128;" + hexdigest,
+    ]
+    if hexdigest.upper() != hexdigest:
+        malformed.append("xxh3_128:" + hexdigest.upper())
+    for text in malformed:
+        assert not is_checksum(text), text
 
 
 def test_is_checksum_rejects_malformed():
