@@ -1,7 +1,8 @@
 """Crash trials: `kill -9` an apply at a random moment, run it again, check everything.
 
-Slow (about a minute): run with `make test-slow` or `pytest -m slow`. The seed is printed
-and can be chosen with IMMSYNC_CRASH_SEED to replay a failing trial.
+The default suite runs one fast trial (killed half-way through a file). The 24 random
+trials are slow (about a minute): run them with `make test-slow` or `pytest -m slow`. The
+seed is printed and can be chosen with IMMSYNC_CRASH_SEED to replay a failing trial.
 """
 
 from __future__ import annotations
@@ -24,8 +25,6 @@ from immsync.hashing import file_checksum
 from immsync.state import StateStore, state_path
 from immsync.testing.sampledata import write_file
 
-pytestmark = pytest.mark.slow
-
 TRIALS = 24
 BIG = "SDY1/ResultFiles/Flow_cytometry_result/zz_big.bin"
 BIG_SIZE = 32 * 1024 * 1024
@@ -41,6 +40,10 @@ class Trial:
     """"time": killed after a random delay; "mid-big": once the big file is that far."""
     target: float
     """Seconds after start, or the share of the big file, at which to kill."""
+    size: int = BIG_SIZE
+    """Bytes of the big file."""
+    rate: int = RATE
+    """Bytes per second per session while the trial runs."""
     partial_at_kill: int = 0
     resumed_at: int | None = None
     rerun_big_bytes: int | None = None
@@ -94,7 +97,7 @@ def partial_size(world: World) -> int:
 
 def run_trial(world: World, trial: Trial) -> None:
     shutil.rmtree(world.dest, ignore_errors=True)
-    world.configure_aspera(rate_limit=RATE)
+    world.configure_aspera(rate_limit=trial.rate)
     proc = subprocess.Popen(
         [sys.executable, "-m", "immsync", "apply", str(world.manifest_path), *OPTIONS],
         env={**os.environ, **world.env},
@@ -111,7 +114,7 @@ def run_trial(world: World, trial: Trial) -> None:
                 time.sleep(0.005)
         else:
             wait_for(
-                lambda: partial_size(world) >= trial.target * BIG_SIZE or proc.poll() is not None,
+                lambda: partial_size(world) >= trial.target * trial.size or proc.poll() is not None,
                 f"the big file to reach {trial.target:.0%}",
             )
     finally:
@@ -129,7 +132,7 @@ def run_trial(world: World, trial: Trial) -> None:
         if "/" + BIG in session["sources"]:
             trial.resumed_at = session["resumed"].get("/" + BIG)
             if trial.resumed_at is not None:
-                trial.rerun_big_bytes = BIG_SIZE - trial.resumed_at
+                trial.rerun_big_bytes = trial.size - trial.resumed_at
     check_destination(world, trial)
 
 
@@ -154,6 +157,19 @@ def check_destination(world: World, trial: Trial) -> None:
         assert trial.resumed_at <= trial.partial_at_kill, label
 
 
+def test_one_kill_9_mid_file_then_rerun_resumes(world: World):
+    """kill -9 half-way through a 4 MiB file: the rerun resumes it where it was, all verified."""
+    size = 4 * 1024 * 1024
+    write_file(world.remote, BIG, random.Random(9).randbytes(size))
+    world.write_manifest("  - accession: SDY1\n")
+    trial = Trial(0, "mid-big", 0.5, size=size, rate=4 * 1024 * 1024)
+    run_trial(world, trial)
+    assert 0 < trial.partial_at_kill < size, trial.describe()
+    assert trial.resumed_at == trial.partial_at_kill, trial.describe()
+    assert trial.rerun_big_bytes == size - trial.partial_at_kill
+
+
+@pytest.mark.slow
 @pytest.mark.timeout(360)
 def test_kill_9_at_random_moments_then_rerun(world: World):
     """24 trials of kill -9 mid-run, then a rerun: complete, verified, and resumed mid-file."""
