@@ -184,3 +184,77 @@ def test_one_reporter_protocol():
             assert not re.search(rf"^class _?{name}\(Protocol\)", path.read_text(), re.M), (
                 f"{path.name} defines its own {name} protocol"
             )
+
+
+TESTING = PACKAGE / "testing"
+
+
+def test_no_product_module_imports_the_test_doubles():
+    """immsync.testing serves tests only: nothing under immsync/ but it imports it."""
+    for path in sorted(PACKAGE.rglob("*.py")):
+        if TESTING in path.parents:
+            continue
+        tree = ast.parse(path.read_text())
+        in_subpackage = path.parent != PACKAGE
+        docstrings = {
+            id(body[0].value)
+            for owner in ast.walk(tree)
+            if isinstance(owner, (ast.Module, ast.ClassDef, ast.FunctionDef))
+            and (body := owner.body)
+            and isinstance(body[0], ast.Expr)
+        }
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom):
+                names = [node.module or ""]
+                if node.level == (2 if in_subpackage else 1) and not node.module:
+                    names = [alias.name for alias in node.names]  # from . import testing
+                if node.level:
+                    names = [n.split(".")[0] for n in names]
+                else:
+                    names = [n.removeprefix("immsync.") for n in names if n.startswith("immsync")]
+                assert "testing" not in names, f"{path} imports immsync.testing"
+            elif isinstance(node, ast.Import):
+                for alias in node.names:
+                    assert not alias.name.startswith("immsync.testing"), path
+            elif (
+                isinstance(node, ast.Constant)
+                and isinstance(node.value, str)
+                and id(node) not in docstrings
+            ):
+                # importlib.import_module("immsync.testing...") or a -m command line
+                assert "immsync.testing" not in node.value, f"{path} names immsync.testing"
+
+
+def _private(name: str) -> bool:
+    return any(part.startswith("_") and not part.startswith("__") for part in name.split("."))
+
+
+def test_the_test_doubles_use_only_public_names_of_the_product():
+    """immsync/testing/ imports and reads no _private module or name of the product."""
+    for path in sorted(TESTING.glob("*.py")):
+        tree = ast.parse(path.read_text())
+        bound: set[str] = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom):
+                module = node.module or ""
+                from_product = (node.level == 0 and module.startswith("immsync")) or node.level > 1
+                if not from_product or module.startswith("immsync.testing"):
+                    continue
+                assert not _private(module), f"{path.name} imports from {module}"
+                for alias in node.names:
+                    assert not _private(alias.name), f"{path.name} imports {module}.{alias.name}"
+                    bound.add(alias.asname or alias.name)
+            elif isinstance(node, ast.Import):
+                for alias in node.names:
+                    if alias.name.startswith("immsync") and not alias.name.startswith(
+                        "immsync.testing"
+                    ):
+                        assert not _private(alias.name), f"{path.name} imports {alias.name}"
+                        bound.add((alias.asname or alias.name).split(".")[0])
+        for node in ast.walk(tree):
+            if (
+                isinstance(node, ast.Attribute)
+                and isinstance(node.value, ast.Name)
+                and node.value.id in bound
+            ):
+                assert not _private(node.attr), f"{path.name} reads {node.value.id}.{node.attr}"
