@@ -1,0 +1,55 @@
+"""The two progress reporters, driven by a real Applier run over the in-process fakes."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+from rich.console import Console
+from test_applier import Rig, blob
+
+from immsync.errors import TransferError
+from immsync.render import LineReporter, RichReporter
+from immsync.testing.fakes import FakeClock
+
+A, B = "SDY1/StudyFiles/a.txt", "SDY1/StudyFiles/b.txt"
+
+
+def troubled_run(tmp_path: Path, reporter: object) -> Rig:
+    """Call 1 stalls after B arrived wrong; both are retried; B arrives wrong again and fails."""
+    rig = Rig(tmp_path, {A: blob(A, 3000), B: blob(B, 2000)})
+    rig.reporter = reporter  # type: ignore[assignment]
+    rig.transfer.fail_on_call(1, TransferError("stalled", kind="transient"), arrived={B})
+    rig.transfer.corrupt(B, times=9)
+    rig.run()
+    return rig
+
+
+def test_the_terminal_reporter_prints_the_plan_retries_and_failures(tmp_path: Path):
+    """Bars are drawn live and vanish; the plan, each retry and each failure stay printed."""
+    out = io.StringIO()
+    console = Console(file=out, force_terminal=True, width=150, color_system=None)
+    reporter = RichReporter(console)
+    try:
+        troubled_run(tmp_path, reporter)
+    finally:
+        reporter.close()
+    text = out.getvalue()
+    assert "Plan: 2 to download, 0 to update, 0 to repair, 0 to delete" in text
+    assert "batch 1/1: retrying 2 file(s) in 1.0 s: stalled" in text
+    assert f"failed: {B}: MD5 mismatch" in text
+    reporter.close()  # closing twice is harmless
+
+
+def test_the_log_reporter_writes_plain_lines_at_intervals(tmp_path: Path):
+    """No carriage returns: a start line per session, retries, failures, timed progress."""
+    lines: list[str] = []
+    clock = FakeClock()
+    reporter = LineReporter(lines.append, interval=0.0, clock=clock)
+    troubled_run(tmp_path, reporter)
+    assert lines[0].startswith("Plan: 2 to download")
+    assert "batch 1/1: starting transfer of 2 file(s), 4.9 KiB" in lines
+    assert "batch 1/1: retrying 2 file(s) in 1.0 s: stalled" in lines
+    assert any(line.startswith(f"failed: {B}: MD5 mismatch") for line in lines)
+    assert any(line.startswith("progress: 1/2 files, 2.9 KiB/4.9 KiB") for line in lines)
+    assert not any("\r" in line for line in lines)
