@@ -93,6 +93,17 @@ def test_the_catalog_lists_fails_and_gives_checksums():
     assert FakeCatalog.of({A: b"a"}, md5=False).study_checksums("SDY1") is None
 
 
+def test_the_catalog_names_its_caveats():
+    """Files without an MD5 and files marked unavailable are the study's caveats."""
+    catalog = FakeCatalog.of({A: b"a"}, md5=False)
+    catalog.put(B, b"b")
+    catalog.unavailable[B] = "no DRS object yet"
+    caveats = catalog.caveats("SDY1")
+    assert caveats.without_md5 == frozenset({A})
+    assert dict(caveats.unavailable) == {B: "no DRS object yet"}
+    assert catalog.caveats("SDY2").without_md5 == frozenset()
+
+
 def test_the_clock_moves_only_when_told():
     """sleep records and advances; advance only advances; never backwards."""
     clock = FakeClock(start=10.0)

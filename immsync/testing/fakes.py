@@ -32,9 +32,18 @@ import threading
 from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING
 
 from immsync.errors import ImmsyncError, RemoteNotFound, TransferError
-from immsync.model import ProgressCallback, ProgressEvent, RemoteFile, TransferBatch
+from immsync.model import (
+    Caveats,
+    ProgressCallback,
+    ProgressEvent,
+    RemoteCatalog,
+    RemoteFile,
+    Transfer,
+    TransferBatch,
+)
 
 DEFAULT_MTIME = "2017-06-15T13:06:07Z"
 """The modification time ``FakeCatalog.of`` gives files unless told otherwise."""
@@ -67,8 +76,10 @@ class FakeCatalog:
     ``walk(root)`` returns the files at or below *root* (``/SDY1/StudyFiles``), sorted
     by path, or raises ``RemoteNotFound`` when there are none. ``study_checksums``
     returns each study's ``(md5, size)`` for the files that have an MD5, or None where
-    none has one. To make a listing fail, put its root (or its accession) in
-    ``failing`` with the error to raise: ``catalog.failing["SDY2"] = ApiError(...)``.
+    none has one; ``caveats`` names the files without one, and those in
+    ``unavailable`` (path -> why) as listed but not downloadable. To make a listing
+    fail, put its root (or its accession) in ``failing`` with the error to raise:
+    ``catalog.failing["SDY2"] = ApiError(...)``.
 
     ``walks`` and ``checksum_requests`` record every call, in order.
     """
@@ -84,6 +95,7 @@ class FakeCatalog:
         """The bytes of each file, when known (``FakeCatalog.of`` fills it in):
         pass it to ``FakeTransfer`` so that what arrives matches what is listed."""
         self.failing: dict[str, ImmsyncError] = {}
+        self.unavailable: dict[str, str] = {}
         self.walks: list[str] = []
         self.checksum_requests: list[str] = []
         self._lock = threading.Lock()
@@ -140,6 +152,15 @@ class FakeCatalog:
                 if p.startswith(prefix) and f.md5 is not None
             }
         return found or None
+
+    def caveats(self, accession: str) -> Caveats:
+        prefix = accession + "/"
+        with self._lock:
+            unavailable = {p: why for p, why in self.unavailable.items() if p.startswith(prefix)}
+            without_md5 = frozenset(
+                p for p, f in self.files.items() if p.startswith(prefix) and f.md5 is None
+            )
+        return Caveats(unavailable, without_md5)
 
 
 # -- the transport ----------------------------------------------------------------------
@@ -408,6 +429,12 @@ class FakeClock:
         with self._lock:
             self.sleeps.append(seconds)
             self._now += max(0.0, seconds)
+
+
+if TYPE_CHECKING:
+    # mypy keeps the fakes in step with the protocols they stand in for.
+    def _conforms(catalog: FakeCatalog, transfer: FakeTransfer) -> tuple[RemoteCatalog, Transfer]:
+        return catalog, transfer
 
 
 __all__ = [
