@@ -5,6 +5,7 @@
 time. Together they let a test build ``immsync.sync.Applier`` directly and pin what it
 does, batch by batch and wait by wait, in milliseconds::
 
+    from immsync.errors import TransferError
     from immsync.sync import Applier, SyncOptions, survey
     from immsync.testing.fakes import FakeCatalog, FakeClock, FakeTransfer
 
@@ -12,8 +13,9 @@ does, batch by batch and wait by wait, in milliseconds::
     transfer = FakeTransfer(catalog.content)
     transfer.fail_on_call(1, TransferError("stalled", kind="transient"))
     clock = FakeClock()
-    found = survey(manifest, catalog, store)
-    Applier(manifest, store, transfer, options=SyncOptions(), sleep=clock.sleep,
+    found = survey(manifest, catalog, store)   # a Manifest and a StateStore of your own
+    options = SyncOptions(session_stagger=0)   # see FakeClock
+    Applier(manifest, store, transfer, options=options, sleep=clock.sleep,
             clock=clock).run(found)
     assert transfer.calls == [("SDY1/StudyFiles/a.txt",), ("SDY1/StudyFiles/a.txt",)]
     assert clock.sleeps == [...]   # the back-off the run waited
@@ -405,6 +407,10 @@ class FakeClock:
     Call it for the time (it is a ``clock`` as ``Applier`` and ``SessionGate`` take
     one); ``sleep(s)`` records *s* in ``sleeps`` and moves time on by it, so a
     back-off is observed without being waited; ``advance(s)`` moves time on silently.
+
+    The Applier spaces session starts by its clock (``SyncOptions.session_stagger``)
+    unless the previous session reported progress: with a FakeClock, set the stagger
+    to 0, or a session that fails before any progress keeps the next one waiting.
     """
 
     def __init__(self, start: float = 1000.0) -> None:
