@@ -534,3 +534,25 @@ class TestPlacing:
         assert calls == [[A], [A]]
         assert sorted(rig.recorded()) == [A]
         assert not list((rig.dest / ".immsync" / "staging").rglob("*.partial"))
+
+
+class LeavesAFolder:
+    """A transfer that leaves a folder where the file belongs, and says it succeeded."""
+
+    name = "folder"
+
+    def fetch(self, batch: TransferBatch, on_progress: Any) -> None:
+        for file in batch.files:
+            (batch.staging / file.path).mkdir(parents=True, exist_ok=True)
+
+
+def test_a_non_file_left_in_staging_fails_that_file(make):
+    """A folder where the download should be is never placed: the file fails, once."""
+    rig = make({A: blob(A, 10)})
+    rig.transfer = LeavesAFolder()  # type: ignore[assignment]
+    report = rig.run()
+    [failure] = report.failures
+    assert failure.error == f"the transfer left a non-file at {rig.dest / '.immsync/staging' / A}"
+    assert rig.clock.sleeps == []
+    assert rig.recorded() == {}
+

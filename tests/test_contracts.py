@@ -29,8 +29,8 @@ from immsync.hashing import file_checksum
 from immsync.model import StateEntry
 from immsync.shard import assign, combine
 from immsync.state import StateStore, state_path
-from immsync.sync import survey
-from immsync.testing.fakes import FakeTransfer
+from immsync.sync import RemoteView, drop_case_collisions, survey
+from immsync.testing.fakes import FakeCatalog, FakeTransfer
 from immsync.testing.sampledata import write_file
 
 FLOW = "SDY1/ResultFiles/Flow_cytometry_result"
@@ -157,6 +157,23 @@ class TestLocalChanges:
         assert fetched_paths(world) == [DESIGN]
         assert impostor.read_bytes() == upstream(world, DESIGN)
         assert recorded(world)[DESIGN].checksum == file_checksum(impostor)
+
+
+def test_names_differing_only_in_case_are_all_left_out():
+    """For a case-insensitive destination: neither twin is fetched, and both are named."""
+    files = {p: blob(p, 3) for p in ("SDY1/A.txt", "SDY1/a.txt", "SDY1/b.txt")}
+    catalog = FakeCatalog.of(files)
+    view = RemoteView(
+        selected=dict(catalog.files), listed=frozenset(files), failed_roots=(), problems=(),
+        notes=(),
+    )
+    kept = drop_case_collisions(view)
+    assert sorted(kept.selected) == ["SDY1/b.txt"]
+    assert kept.problems == (
+        "SDY1/A.txt and SDY1/a.txt differ only in case and the destination's filesystem "
+        "is case-insensitive; none of them was fetched",
+    )
+    assert drop_case_collisions(kept) == kept
 
 
 # -- prune -------------------------------------------------------------------------------------
