@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from immsync import sync
-from immsync.errors import ImmsyncError, LocalIOError, TransferError
+from immsync.errors import Failure, ImmsyncError, LocalIOError, TransferError
 from immsync.hashing import file_checksum
 from immsync.model import (
     FileOutcome,
@@ -194,7 +194,7 @@ class TestRetries:
     def test_transient_failure_is_retried_after_the_first_delay(self, make):
         """A stalled session is tried again after base_delay; then everything is recorded."""
         rig = make({A: blob(A, 10), B: blob(B, 20)})
-        rig.transfer.fail_on_call(1, TransferError("stalled", kind="transient"))
+        rig.transfer.fail_on_call(1, TransferError("stalled", kind=Failure.TRANSIENT))
         report = rig.run()
         assert rig.transfer.calls == [(A, B), (A, B)]
         assert rig.clock.sleeps == [1.0]
@@ -205,7 +205,7 @@ class TestRetries:
     def test_only_what_did_not_arrive_is_fetched_again(self, make):
         """Files that arrived before the failure are kept and recorded, not re-sent."""
         rig = make({A: blob(A, 10), B: blob(B, 20), C: blob(C, 30)})
-        rig.transfer.fail_on_call(1, TransferError("stalled", kind="transient"), arrived={A})
+        rig.transfer.fail_on_call(1, TransferError("stalled", kind=Failure.TRANSIENT), arrived={A})
         rig.run()
         assert rig.transfer.calls == [(A, B, C), (B, C)]
         assert rig.reporter.retries == [("batch 1/1", (B, C), "transient", 1.0)]
@@ -215,7 +215,7 @@ class TestRetries:
         rig = make({A: blob(A, 10)})
         policy = RetryPolicy(attempts=4, base_delay=10.0, max_delay=15.0, jitter=0.0)
         for n in range(1, 5):
-            rig.transfer.fail_on_call(n, TransferError(f"stalled {n}", kind="transient"))
+            rig.transfer.fail_on_call(n, TransferError(f"stalled {n}", kind=Failure.TRANSIENT))
         report = rig.run(retry=policy)
         assert rig.transfer.calls == [(A,)] * 4
         assert rig.clock.sleeps == [10.0, 15.0, 15.0]
@@ -227,7 +227,7 @@ class TestRetries:
         rig = make({A: blob(A, 10)})
         policy = RetryPolicy(attempts=4, base_delay=2.0, max_delay=60.0, jitter=0.5)
         for n in range(1, 4):
-            rig.transfer.fail_on_call(n, TransferError("stalled", kind="transient"))
+            rig.transfer.fail_on_call(n, TransferError("stalled", kind=Failure.TRANSIENT))
         rig.run(retry=policy)
         assert rig.clock.sleeps == list(delays(policy, random.Random(5)))
         assert all(1.0 * 2**n <= s <= 2.0 * 2**n for n, s in enumerate(rig.clock.sleeps))
@@ -244,15 +244,16 @@ class TestRetries:
     @pytest.mark.parametrize(
         ("kind", "calls", "sleeps"),
         [
-            ("transient", 2, [1.0]),
-            ("token", 2, [1.0]),
-            ("permanent", 1, []),
-            ("not_found", 1, []),
-            ("interrupted", 1, []),
+            (Failure.TRANSIENT, 2, [1.0]),
+            (Failure.UNREACHABLE, 2, [1.0]),
+            (Failure.TOKEN, 2, [1.0]),
+            (Failure.PERMANENT, 1, []),
+            (Failure.NOT_FOUND, 1, []),
+            (Failure.INTERRUPTED, 1, []),
         ],
     )
     def test_which_kinds_are_retried(self, make, kind, calls, sleeps):
-        """transient and token failures are retried; the others fail the files at once."""
+        """Transient, unreachable and token failures are retried; the others fail at once."""
         rig = make({A: blob(A, 10)})
         rig.transfer.fail_on_call(1, TransferError(f"it broke ({kind})", kind=kind))
         report = rig.run()
@@ -263,10 +264,17 @@ class TestRetries:
         else:
             assert report.failures == []
 
+    def test_every_kind_of_failure_is_pinned_here(self):
+        """A new Failure member needs a row above (and, if it stops runs, a test of its own)."""
+        assert set(Failure) == {
+            Failure.TRANSIENT, Failure.UNREACHABLE, Failure.TOKEN, Failure.PERMANENT,
+            Failure.NOT_FOUND, Failure.INTERRUPTED, Failure.AUTH, Failure.DISK,
+        }
+
     def test_one_failed_batch_leaves_the_others_alone(self, make):
         """A permanent failure in batch 1 fails its files only; batch 2 completes."""
         rig = make({A: blob(A, 10), B: blob(B, 20)})
-        rig.transfer.fail_on_call(1, TransferError("no such file", kind="not_found"))
+        rig.transfer.fail_on_call(1, TransferError("no such file", kind=Failure.NOT_FOUND))
         report = rig.run(batch_max_files=1)
         assert rig.transfer.calls == [(A,), (B,)]
         assert [o.path for o in report.failures] == [A]
@@ -321,7 +329,7 @@ class TestRefusals:
     def test_a_refusal_among_parallel_sessions_lowers_concurrency_and_retries(self, make):
         """auth refused while 2 ran: the limit drops to 1, the batch is retried alone."""
         rig = make({A: blob(A, 10), B: blob(B, 20), C: blob(C, 30)})
-        rig.transfer.fail_on_call(1, TransferError("failed to authenticate", kind="auth"))
+        rig.transfer.fail_on_call(1, TransferError("failed to authenticate", kind=Failure.AUTH))
         overlap = Overlap(rig.transfer)
         applier = Applier(
             rig.manifest,
@@ -345,10 +353,10 @@ class TestRefusals:
     def test_a_lone_refusal_stops_the_run(self, make):
         """auth refused with one session: every session would be; stop, no retry, no more calls."""
         rig = make({A: blob(A, 10), B: blob(B, 20)})
-        rig.transfer.fail_on_call(1, TransferError("failed to authenticate", kind="auth"))
+        rig.transfer.fail_on_call(1, TransferError("failed to authenticate", kind=Failure.AUTH))
         with pytest.raises(TransferError) as raised:
             rig.run(batch_max_files=1)
-        assert raised.value.kind == "auth"
+        assert raised.value.kind is Failure.AUTH
         assert raised.value.message.startswith("stopped: failed to authenticate; 0 file(s)")
         assert rig.transfer.calls == [(A,)]
         assert rig.clock.sleeps == []
@@ -364,7 +372,8 @@ class TestStops:
         """kind=disk on call 2: files 1 and 2a are kept and recorded, batch 3 never starts."""
         content = {A: blob(A, 30), B: blob(B, 20), C: blob(C, 10), D: blob(D, 5)}
         rig = make(content)
-        rig.transfer.fail_on_call(2, TransferError("Disk write failed", kind="disk"), arrived={B})
+        full = TransferError("Disk write failed", kind=Failure.DISK)
+        rig.transfer.fail_on_call(2, full, arrived={B})
         with pytest.raises(LocalIOError) as raised:
             rig.run(batch_max_files=2)
         assert rig.transfer.calls == [(A, D), (B, C)]
@@ -391,7 +400,7 @@ class TestStops:
     def test_cancel_during_a_retry_wait_ends_the_batch(self, make):
         """A cancel while waiting to retry: the retry never starts."""
         rig = make({A: blob(A, 10)})
-        rig.transfer.fail_on_call(1, TransferError("stalled", kind="transient"))
+        rig.transfer.fail_on_call(1, TransferError("stalled", kind=Failure.TRANSIENT))
 
         def sleep(seconds: float) -> None:
             rig.clock.sleep(seconds)
@@ -405,7 +414,7 @@ class TestStops:
     def test_cancel_keeps_staging_for_the_next_run(self, make):
         """An interrupted run leaves its partials in staging: the next one resumes them."""
         rig = make({A: blob(A, 10), B: blob(B, 4000)})
-        rig.transfer.fail_for(B, TransferError("stalled", kind="transient"))
+        rig.transfer.fail_for(B, TransferError("stalled", kind=Failure.TRANSIENT))
         rig.transfer.on_fetch = lambda batch: rig.cancel.set()
         rig.run()
         partial = rig.dest / ".immsync" / "staging" / (B + ".partial")
@@ -518,7 +527,7 @@ class TestPlacing:
         from immsync.errors import StateError
 
         rig = make({A: blob(A, 10), B: blob(B, 4000)})
-        rig.transfer.fail_for(B, TransferError("stalled", kind="permanent"))
+        rig.transfer.fail_for(B, TransferError("stalled", kind=Failure.PERMANENT))
         real = rig.store.record
         calls: list[list[str]] = []
 
@@ -556,3 +565,12 @@ def test_a_non_file_left_in_staging_fails_that_file(make):
     assert rig.clock.sleeps == []
     assert rig.recorded() == {}
 
+
+
+def test_a_name_too_long_to_stage_as_itself_lands_and_is_recorded(make):
+    """A 250-byte name is staged under its hash and placed under its own name."""
+    long = "SDY1/StudyFiles/" + "n" * 250
+    rig = make({long: blob(long, 10)})
+    assert rig.run().failures == []
+    assert rig.placed(long)
+    assert sorted(rig.recorded()) == [long]

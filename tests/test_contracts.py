@@ -24,7 +24,7 @@ from conftest import World
 from test_applier import Rig, blob
 
 from immsync import sync
-from immsync.errors import ExitCode, TransferError
+from immsync.errors import ExitCode, Failure, TransferError
 from immsync.hashing import file_checksum
 from immsync.model import StateEntry
 from immsync.shard import assign, combine
@@ -86,7 +86,7 @@ class TestFailedListing:
         assert [a for a in plan.json()["actions"] if a["action"] == "delete"] == []
         result = world.apply("--prune", "--max-delete", "100")
         assert_clean_error(result, ExitCode.REMOTE)
-        assert "SDY269: could not be listed" in result.stderr
+        assert "SDY269 could not be listed" in result.stderr
         for path in theirs:
             assert (world.dest / path).read_bytes() == upstream(world, path), path
         assert recorded(world) == before
@@ -272,7 +272,7 @@ class TestStaging:
             (area / stray).parent.mkdir(parents=True, exist_ok=True, mode=0o700)
             (area / stray).write_bytes(b"stale")
         os.chmod(rig.dest / ".immsync", 0o700)
-        rig.transfer.fail_for(b, TransferError("stalled", kind="permanent"))
+        rig.transfer.fail_for(b, TransferError("stalled", kind=Failure.PERMANENT))
         report = rig.run()
         assert [o.path for o in report.failures] == [b]
         left = sorted(p.relative_to(area).as_posix() for p in area.rglob("*") if p.is_file())

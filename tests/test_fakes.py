@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from immsync.errors import ApiError, RemoteNotFound, TransferError
+from immsync.errors import ApiError, Failure, RemoteNotFound, TransferError
 from immsync.model import ProgressEvent, TransferBatch
 from immsync.testing.fakes import FakeCatalog, FakeClock, FakeTransfer, content_of, remote_file
 
@@ -34,7 +34,7 @@ def test_files_land_in_staging_with_progress(tmp_path: Path):
 def test_cues_fail_the_right_calls(tmp_path: Path):
     """fail_on_call hits only call n; fail_for leaves half a partial and spares the rest."""
     transfer = FakeTransfer()
-    stalled = TransferError("stalled", kind="transient")
+    stalled = TransferError("stalled", kind=Failure.TRANSIENT)
     transfer.fail_on_call(2, stalled, arrived={B}).fail_for(A, stalled)
     with pytest.raises(TransferError):
         transfer.fetch(batch(tmp_path, A, B), lambda e: None)
@@ -65,7 +65,7 @@ def test_terminate_makes_later_calls_interrupted(tmp_path: Path):
     transfer.terminate()
     with pytest.raises(TransferError) as raised:
         transfer.fetch(batch(tmp_path, A), lambda e: None)
-    assert raised.value.kind == "interrupted"
+    assert raised.value.kind is Failure.INTERRUPTED
     assert not (tmp_path / "staging").exists()
 
 
@@ -114,3 +114,20 @@ def test_the_clock_moves_only_when_told():
     assert clock.sleeps == [2.5]
     with pytest.raises(ValueError):
         clock.advance(-1)
+
+
+def test_the_catalog_suggests_the_paths_of_the_study():
+    """paths_near gives the study's paths, for a 'did you mean' on a missing root."""
+    catalog = FakeCatalog.of({A: b"a", B: b"b", "SDY2/x.txt": b"x"})
+    assert catalog.paths_near("/SDY1/StudyFiles/nothing") == [A, B]
+
+
+def test_a_name_too_long_to_stage_travels_under_its_staged_name(tmp_path: Path):
+    """The fake stages where the Applier looks: staged_name(path), as the transports do."""
+    from immsync.model import staged_name
+
+    long = "SDY1/StudyFiles/" + "n" * 250
+    transfer = FakeTransfer()
+    transfer.fetch(batch(tmp_path, long), lambda e: None)
+    assert staged_name(long) != long
+    assert (tmp_path / "staging" / staged_name(long)).read_bytes() == content_of(long, 10)

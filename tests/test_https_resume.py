@@ -117,17 +117,32 @@ class _Handler(BaseHTTPRequestHandler):
         pass
 
 
+@dataclass(frozen=True)
+class Link:
+    url: str
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+
 class Links:
-    """The two calls HttpsTransfer makes of the ImmPort client, pointing at *url*."""
+    """What HttpsTransfer asks of the ImmPort client (study_files, drs), all pointing at *url*."""
 
     def __init__(self, url: str) -> None:
         self.url = url
+        self.drs = self
 
     def study_files(self, accession: str) -> Mapping[str, StudyFile]:
         return {BIG: StudyFile(BIG, "0f1e2d3c-0000-4000-8000-000000000001", None, len(DATA))}
 
-    def drs_url(self, file_uuid: str, method: str) -> str:
-        return self.url
+    def routes(
+        self, file_id: str, *, size: int | None, md5: str | None, shortcut_methods: object = ()
+    ) -> list[str]:
+        return ["shortcut s3"]
+
+    def link(self, file_id: str, route: str, *, fresh: bool = False) -> Link:
+        return Link(self.url)
+
+    def forget(self, file_id: str) -> None:
+        pass
 
 
 @pytest.fixture(name="serve")

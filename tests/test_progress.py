@@ -8,7 +8,7 @@ from pathlib import Path
 from rich.console import Console
 from test_applier import Rig, blob
 
-from immsync.errors import TransferError
+from immsync.errors import Failure, TransferError
 from immsync.render import LineReporter, RichReporter
 from immsync.testing.fakes import FakeClock
 
@@ -19,7 +19,7 @@ def troubled_run(tmp_path: Path, reporter: object) -> Rig:
     """Call 1 stalls after B arrived wrong; both are retried; B arrives wrong again and fails."""
     rig = Rig(tmp_path, {A: blob(A, 3000), B: blob(B, 2000)})
     rig.reporter = reporter  # type: ignore[assignment]
-    rig.transfer.fail_on_call(1, TransferError("stalled", kind="transient"), arrived={B})
+    rig.transfer.fail_on_call(1, TransferError("stalled", kind=Failure.TRANSIENT), arrived={B})
     rig.transfer.corrupt(B, times=9)
     rig.run()
     return rig

@@ -5,13 +5,13 @@
 time. Together they let a test build ``immsync.sync.Applier`` directly and pin what it
 does, batch by batch and wait by wait, in milliseconds::
 
-    from immsync.errors import TransferError
+    from immsync.errors import Failure, TransferError
     from immsync.sync import Applier, SyncOptions, survey
     from immsync.testing.fakes import FakeCatalog, FakeClock, FakeTransfer
 
     catalog = FakeCatalog.of({"SDY1/StudyFiles/a.txt": b"hello"})
     transfer = FakeTransfer(catalog.content)
-    transfer.fail_on_call(1, TransferError("stalled", kind="transient"))
+    transfer.fail_on_call(1, TransferError("stalled", kind=Failure.TRANSIENT))
     clock = FakeClock()
     found = survey(manifest, catalog, store)   # a Manifest and a StateStore of your own
     options = SyncOptions(session_stagger=0)   # see FakeClock
@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
 
-from immsync.errors import ImmsyncError, RemoteNotFound, TransferError
+from immsync.errors import Failure, ImmsyncError, RemoteNotFound, TransferError
 from immsync.model import (
     Caveats,
     ProgressCallback,
@@ -45,6 +45,7 @@ from immsync.model import (
     RemoteFile,
     Transfer,
     TransferBatch,
+    staged_name,
 )
 
 DEFAULT_MTIME = "2017-06-15T13:06:07Z"
@@ -164,6 +165,12 @@ class FakeCatalog:
             )
         return Caveats(unavailable, without_md5)
 
+    def paths_near(self, root: str) -> list[str]:
+        """Every path of *root*'s study: what ImmPort's manifest would offer as suggestions."""
+        prefix = root.strip("/").partition("/")[0] + "/"
+        with self._lock:
+            return sorted(p for p in self.files if p.startswith(prefix))
+
 
 # -- the transport ----------------------------------------------------------------------
 
@@ -194,8 +201,8 @@ class FakeTransfer:
 
     Each ``fetch(batch, on_progress)`` is recorded (``batches``; ``calls`` gives each
     call's paths), then every file of the batch is written to
-    ``batch.staging / file.path`` through a ``.partial`` file, as the real transports
-    do, with a progress event at 0 % and at 100 % (named by the file's base name).
+    ``batch.staging / staged_name(file.path)`` through a ``.partial`` file, as the real
+    transports do, with a progress event at 0 % and at 100 % (named by the file's base name).
 
     The bytes come from *content*: a mapping from path to bytes (``FakeCatalog.content``)
     or a function of the ``RemoteFile``. Without one, each file gets ``content_of(path,
@@ -214,7 +221,7 @@ class FakeTransfer:
 
     With ``progress=False`` no progress event is sent, as a transport that reports none.
 
-    ``terminate()`` makes every later call raise ``TransferError(kind="interrupted")``
+    ``terminate()`` makes every later call raise ``TransferError(kind=Failure.INTERRUPTED)``
     without writing anything, as the real transports do; ``on_fetch``, called with each
     batch before anything is written, lets a test act in the middle of a run (cancel
     it, change upstream). Thread-safe: the Applier calls ``fetch`` from several threads.
@@ -301,7 +308,7 @@ class FakeTransfer:
             per_path = {f.path: self._take_path_cue(f.path) for f in arriving}
         if stopped:
             record.raised = TransferError(
-                f"{batch.label or 'fake transfer'} was stopped", kind="interrupted"
+                f"{batch.label or 'fake transfer'} was stopped", kind=Failure.INTERRUPTED
             )
             raise record.raised
         if self.on_fetch is not None:
@@ -331,7 +338,7 @@ class FakeTransfer:
             raise error
 
     def terminate(self) -> None:
-        """Stop: every later ``fetch`` raises ``kind="interrupted"``. Safe from any thread."""
+        """Stop: every later ``fetch`` raises ``Failure.INTERRUPTED``. Safe from any thread."""
         with self._lock:
             self.terminated += 1
 
@@ -395,7 +402,7 @@ def _inside(staging: Path, path: str) -> Path:
     parts = path.split("/")
     if not path or path.startswith("/") or any(p in ("", ".", "..") for p in parts):
         raise TransferError(f"refusing to stage {path!r}: not a plain relative path")
-    return staging.joinpath(*parts)
+    return staging.joinpath(*staged_name(path).split("/"))
 
 
 # -- time -------------------------------------------------------------------------------
