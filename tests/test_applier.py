@@ -324,6 +324,9 @@ class Overlap:
     def terminate(self) -> None:
         self.inner.terminate()
 
+    def close(self) -> None:
+        self.inner.close()
+
 
 class TestRefusals:
     def test_a_refusal_among_parallel_sessions_lowers_concurrency_and_retries(self, make):
@@ -334,7 +337,7 @@ class TestRefusals:
         applier = Applier(
             rig.manifest,
             rig.store,
-            overlap,  # type: ignore[arg-type]
+            overlap,
             options=SyncOptions(
                 jobs=2, session_stagger=0.0, retry=EXACT, batch_max_files=2, split_min_bytes=1
             ),
@@ -553,6 +556,12 @@ class LeavesAFolder:
     def fetch(self, batch: TransferBatch, on_progress: Any) -> None:
         for file in batch.files:
             (batch.staging / file.path).mkdir(parents=True, exist_ok=True)
+
+    def terminate(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
 
 
 def test_a_non_file_left_in_staging_fails_that_file(make):

@@ -1,7 +1,7 @@
 """In-process doubles for testing code that drives a sync: no server, no subprocess.
 
-``FakeCatalog`` stands in for ImmPort's listing (``immsync.model.RemoteCatalog``),
-``FakeTransfer`` for a transport (``immsync.model.Transfer``) and ``FakeClock`` for
+``FakeCatalog`` stands in for ImmPort's listing (``immsync.ports.RemoteCatalog``),
+``FakeTransfer`` for a transport (``immsync.ports.Transfer``) and ``FakeClock`` for
 time. Together they let a test build ``immsync.sync.Applier`` directly and pin what it
 does, batch by batch and wait by wait, in milliseconds::
 
@@ -41,12 +41,13 @@ from immsync.model import (
     Caveats,
     ProgressCallback,
     ProgressEvent,
-    RemoteCatalog,
     RemoteFile,
-    Transfer,
     TransferBatch,
     staged_name,
 )
+
+if TYPE_CHECKING:
+    from immsync.ports import RemoteCatalog, Transfer
 
 DEFAULT_MTIME = "2017-06-15T13:06:07Z"
 """The modification time ``FakeCatalog.of`` gives files unless told otherwise."""
