@@ -353,6 +353,30 @@ class TestRefusals:
         assert [r[2] for r in rig.reporter.retries] == ["auth"]
         assert sorted(rig.recorded()) == [A, B, C]
 
+    def test_a_refusal_alone_under_a_higher_limit_is_still_a_rate_limit(self, make):
+        """auth refused while no other session ran, but --jobs 2: lowered and retried, not fatal."""
+        rig = make({A: blob(A, 10), B: blob(B, 20), C: blob(C, 30)})
+        rig.transfer.fail_on_call(3, TransferError("failed to authenticate", kind=Failure.AUTH))
+        b_done = threading.Event()
+
+        class Staggered(Recorder):
+            """Holds batch A's thread until batch B has released its session too."""
+
+            def file_done(self, outcome: FileOutcome) -> None:
+                super().file_done(outcome)
+                if outcome.path == B:
+                    b_done.set()
+                elif outcome.path == A:
+                    b_done.wait(timeout=10)
+
+        rig.reporter = Staggered()
+        report = rig.run(jobs=2, batch_max_files=1)
+        assert report.failures == []
+        assert sorted(rig.transfer.calls[:2]) == [(A,), (B,)]
+        assert rig.transfer.calls[2:] == [(C,), (C,)]
+        assert rig.clock.sleeps == [1.0]
+        assert sorted(rig.recorded()) == [A, B, C]
+
     def test_a_lone_refusal_stops_the_run(self, make):
         """auth refused with one session: every session would be; stop, no retry, no more calls."""
         rig = make({A: blob(A, 10), B: blob(B, 20)})
