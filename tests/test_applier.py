@@ -18,7 +18,6 @@ from typing import Any
 
 import pytest
 
-from immsync import sync
 from immsync.errors import Failure, ImmsyncError, LocalIOError, TransferError
 from immsync.hashing import file_checksum
 from immsync.model import (
@@ -33,6 +32,7 @@ from immsync.model import (
 from immsync.retry import RetryPolicy, delays
 from immsync.state import StateStore, state_path
 from immsync.sync import Applier, SyncOptions, survey
+from immsync.sync import apply as placing
 from immsync.testing.fakes import FakeCatalog, FakeClock, FakeTransfer, content_of
 
 A, B, C, D, E, F, G = (f"SDY1/StudyFiles/{name}.txt" for name in "abcdefg")
@@ -515,7 +515,7 @@ def failing_replace(monkeypatch: pytest.MonkeyPatch, dest: Path, path: str, code
             raise OSError(code, os.strerror(code), os.fspath(dst))
         real(src, dst, **kwargs)
 
-    monkeypatch.setattr(sync.os, "replace", replace)
+    monkeypatch.setattr(placing.os, "replace", replace)
     return tried
 
 

@@ -23,13 +23,13 @@ import pytest
 from conftest import World
 from test_applier import Rig, blob
 
-from immsync import sync
-from immsync.errors import ExitCode, Failure, TransferError
+from immsync.errors import ApiError, ExitCode, Failure, TransferError
 from immsync.hashing import file_checksum
 from immsync.model import StateEntry
 from immsync.shard import assign, combine
 from immsync.state import StateStore, state_path
 from immsync.sync import RemoteView, drop_case_collisions, survey
+from immsync.sync import apply as placing
 from immsync.testing.fakes import FakeCatalog, FakeTransfer
 from immsync.testing.sampledata import write_file
 
@@ -96,7 +96,7 @@ class TestFailedListing:
         content = {"SDY1/a.txt": b"one", "SDY2/b.txt": b"two"}
         rig = Rig(tmp_path, content)
         rig.run()
-        rig.catalog.failing["SDY2"] = sync.ApiError("503 Service Unavailable", status=503)
+        rig.catalog.failing["SDY2"] = ApiError("503 Service Unavailable", status=503)
         found = survey(rig.manifest, rig.catalog, rig.store)
         assert found.remote.failed_roots == ("SDY2",)
         assert [i.path for i in found.plan.items] == ["SDY1/a.txt"]
@@ -305,8 +305,8 @@ def observe_fsync_and_replace(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str
             events.append(("replace", f"{os.fspath(src)} -> {os.fspath(dst)}"))
         real_replace(src, dst, **kwargs)
 
-    monkeypatch.setattr(sync.os, "fsync", fsync)
-    monkeypatch.setattr(sync.os, "replace", replace)
+    monkeypatch.setattr(placing.os, "fsync", fsync)
+    monkeypatch.setattr(placing.os, "replace", replace)
     return events
 
 
@@ -402,7 +402,7 @@ class TestTransportFailures:
                 raise OSError(code, os.strerror(code), target)
             real_replace(src, dst, **kwargs)
 
-        monkeypatch.setattr(sync.os, "replace", replace)
+        monkeypatch.setattr(placing.os, "replace", replace)
         result = world.apply("--jobs", "1")
         assert_clean_error(result, ExitCode.LOCAL)
         assert f"cannot place the verified file at {target}: {words}" in result.stderr
