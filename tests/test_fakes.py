@@ -124,7 +124,7 @@ def test_the_catalog_suggests_the_paths_of_the_study():
 
 def test_a_name_too_long_to_stage_travels_under_its_staged_name(tmp_path: Path):
     """The fake stages where the Applier looks: staged_name(path), as the transports do."""
-    from immsync.model import staged_name
+    from immsync.staging import staged_name
 
     long = "SDY1/StudyFiles/" + "n" * 250
     transfer = FakeTransfer()

@@ -43,8 +43,8 @@ from immsync.model import (
     ProgressEvent,
     RemoteFile,
     TransferBatch,
-    staged_name,
 )
+from immsync.staging import staged_name
 
 if TYPE_CHECKING:
     from immsync.ports import RemoteCatalog, Transfer
