@@ -543,7 +543,18 @@ class Applier:
 
     def _delete(self, items: Sequence[PlanItem], report: Report) -> None:
         for item in items:
-            target = resolve_inside(self.destination, item.path)
+            linked = _linked_folder(self.destination, item.path)
+            if linked is not None:
+                # The files behind a link are not the ones immsync recorded there,
+                # wherever the link leads: nothing is deleted through it.
+                self._fail(
+                    item,
+                    report,
+                    f"not deleted: {linked} is a symbolic link, and nothing is deleted "
+                    "through one; the record stays",
+                )
+                continue
+            target = self.destination.joinpath(*item.path.split("/"))
             try:
                 target.unlink(missing_ok=True)
             except OSError as exc:
@@ -643,6 +654,16 @@ def _fsync_file(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _linked_folder(root: Path, relative: str) -> Path | None:
+    """The first folder on the way from *root* to *relative* that is a symbolic link."""
+    probe = root
+    for part in relative.split("/")[:-1]:
+        probe = probe / part
+        if probe.is_symlink():
+            return probe
+    return None
 
 
 def _remove_empty_parents(folder: Path, *, stop: Path) -> None:
