@@ -607,3 +607,17 @@ def test_a_name_too_long_to_stage_as_itself_lands_and_is_recorded(make):
     assert rig.run().failures == []
     assert rig.placed(long)
     assert sorted(rig.recorded()) == [long]
+
+
+def test_tidying_keeps_exactly_the_failed_files_partials(make):
+    """A failed file's partial stays to resume; a leftover whose name merely starts with
+    the failed file's name goes."""
+    rig = make({B: blob(B, 4000)})
+    rig.transfer.fail_for(B, TransferError("no such file", kind=Failure.PERMANENT))
+    staging = rig.dest / ".immsync" / "staging"
+    lookalike = staging / (B + "-copy.txt")
+    lookalike.parent.mkdir(parents=True, exist_ok=True)
+    lookalike.write_text("left by someone")
+    rig.run()
+    assert (staging / (B + ".partial")).is_file()
+    assert not lookalike.exists()

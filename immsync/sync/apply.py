@@ -573,10 +573,10 @@ class Applier:
         if self.cancel.is_set():
             return  # an interrupted run keeps everything for the next one to resume
         self.store.release_staging(keep)
-        kept = {staged_name(path) for path in keep}
-        remove_files_below(
-            self.staging, keep=lambda relative: any(relative.startswith(k) for k in kept)
-        )
+        # Exactly the failed files' staged names and their sidecars: a prefix would also
+        # keep SDY1/ab.txt for a failed SDY1/a.
+        kept = {staged_name(path) + suffix for path in keep for suffix in _STAGED_SUFFIXES}
+        remove_files_below(self.staging, keep=kept.__contains__)
 
 
 @dataclass(frozen=True, slots=True)
