@@ -221,24 +221,54 @@ def audited_immsync(*args: str, env: Mapping[str, str], watch: Path) -> tuple[Pr
 
 
 @dataclass
-class World:
-    """An emulator serving *docroot*, a stand-in ``ascp`` for it, and the environment.
-
-    Use as a context manager. ``setup_delay``, ``rate_limit`` (bytes/s per session)
-    and ``latency`` (seconds per API reply) are the knobs the figures set.
-    """
+class EmulatedWorld:
+    """What every benchmark world has: the emulator serving *root*/immport, the
+    environment immsync runs with, and manifests written beside them. A context manager."""
 
     root: Path
     latency: float = 0.0
-    setup_delay: float = 0.0
-    rate_limit: float | None = None
     emulator: Emulator = field(init=False)
     env: dict[str, str] = field(init=False, default_factory=dict)
-    ascp: Path = field(init=False)
 
     @property
     def docroot(self) -> Path:
         return self.root / "immport"
+
+    @staticmethod
+    def inherited_env() -> dict[str, str]:
+        """This process's environment without any ImmPort or immsync setting."""
+        return {
+            k: v for k, v in os.environ.items() if not k.startswith(("IMMPORT_", "IMMSYNC_"))
+        }
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.emulator.stop()
+
+    def manifest(self, name: str, destination: Path, studies: Iterable[str]) -> Path:
+        """Write a manifest selecting whole *studies* into *destination*."""
+        lines = ["version: 1", f"destination: {destination}", "studies:"]
+        lines += [f"  - accession: {s}" for s in studies]
+        path = self.root / f"{name}.yaml"
+        path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        return path
+
+
+@dataclass
+class World(EmulatedWorld):
+    """The legacy world: an emulator, a stand-in ``ascp`` for it, and the environment.
+
+    ``setup_delay``, ``rate_limit`` (bytes/s per session) and ``latency`` (seconds per
+    API reply) are the knobs the figures set.
+    """
+
+    setup_delay: float = 0.0
+    rate_limit: float | None = None
+    ascp: Path = field(init=False)
 
     @property
     def session_log(self) -> Path:
@@ -257,11 +287,8 @@ class World:
             rate_limit=self.rate_limit,
         )
         self.ascp = install_fake_ascp(self.root / "aspera-cli", config).ascp
-        inherited = {
-            k: v for k, v in os.environ.items() if not k.startswith(("IMMPORT_", "IMMSYNC_"))
-        }
         self.env = {
-            **inherited,
+            **self.inherited_env(),
             "IMMPORT_USERNAME": USERNAME,
             "IMMPORT_PASSWORD": PASSWORD,
             "IMMPORT_TOKEN_URL": self.emulator.token_url,
@@ -269,22 +296,6 @@ class World:
             "IMMSYNC_ASCP": str(self.ascp),
         }
         return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.emulator.stop()
-
-    def manifest(self, name: str, destination: Path, studies: Iterable[str]) -> Path:
-        """Write a manifest selecting whole *studies* into *destination*."""
-        lines = ["version: 1", f"destination: {destination}", "studies:"]
-        lines += [f"  - accession: {s}" for s in studies]
-        path = self.root / f"{name}.yaml"
-        path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-        return path
 
     def sessions(self) -> int:
         """``ascp`` sessions started so far (one JSON line each in the session log)."""

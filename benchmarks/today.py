@@ -26,7 +26,6 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 import requests
@@ -99,26 +98,18 @@ def request_kind(path: str) -> str:
 
 
 @dataclass
-class TodayWorld:
-    """The emulator as today's ImmPort, serving *root*/immport, an API key file, the env.
+class TodayWorld(common.EmulatedWorld):
+    """The emulator as today's ImmPort, with an API key file in the environment.
 
-    Use as a context manager; ``latency`` (seconds added to every reply, link GETs
-    included) can be changed at any time through ``emulator.latency``.
+    ``latency`` (seconds added to every reply, link GETs included) can be changed at
+    any time through ``emulator.latency``.
     """
 
-    root: Path
-    latency: float = 0.0
-    emulator: Emulator = field(init=False)
-    env: dict[str, str] = field(init=False, default_factory=dict)
     key: str = field(init=False, default="")
     server_cpu: list[float] = field(init=False, default_factory=list)
     """CPU seconds the emulator (this process) spent during each ``counted`` run."""
     load: list[float] = field(init=False, default_factory=list)
     """The machine's 1-minute load average after each ``counted`` run."""
-
-    @property
-    def docroot(self) -> Path:
-        return self.root / "immport"
 
     def __enter__(self) -> TodayWorld:
         self.docroot.mkdir(parents=True, exist_ok=True)
@@ -127,11 +118,8 @@ class TodayWorld:
         api_key = self.emulator.add_api_key()
         self.key = api_key.api_key
         key_file = self.emulator.write_api_key_file(self.root / "immport-key.json", api_key)
-        inherited = {
-            k: v for k, v in os.environ.items() if not k.startswith(("IMMPORT_", "IMMSYNC_"))
-        }
         self.env = {
-            **inherited,
+            **self.inherited_env(),
             "IMMPORT_API_KEY_FILE": str(key_file),
             "IMMSYNC_QUERY_API_BASE_URL": self.emulator.query_url,
             "IMMSYNC_DRS_BASE_URL": self.emulator.drs_url,
@@ -139,21 +127,6 @@ class TodayWorld:
             "IMMPORT_TOKEN_URL": self.emulator.token_url,
         }
         return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.emulator.stop()
-
-    def manifest(self, name: str, destination: Path, studies: Sequence[str]) -> Path:
-        lines = ["version: 1", f"destination: {destination}", "studies:"]
-        lines += [f"  - accession: {s}" for s in studies]
-        path = self.root / f"{name}.yaml"
-        path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-        return path
 
     def requests_since(self, mark: int) -> dict[str, int]:
         """Requests served since ``len(emulator.requests_log)`` was *mark*, by kind."""
