@@ -396,7 +396,7 @@ def drs_noop_apply(ctx: Context) -> Figure:
         def run_apply() -> None:
             proc, kinds = world.counted(lambda: immsync("apply", str(manifest), env=world.env))
             proc.check()
-            if f"{n} file(s) unchanged, nothing transferred" not in proc.stdout:
+            if f"Up to date: {n} files unchanged, nothing transferred" not in proc.stdout:
                 raise RuntimeError(f"the apply was not a no-op:\n{proc.stdout[-2000:]}")
             ours.append(proc.elapsed)
             ours_cpu.append(proc.cpu)

@@ -81,6 +81,7 @@ from .shard import (
 from .state import lock_path as destination_lock_path
 from .state import state_path
 from .sync import Survey, SyncOptions, check_prune, survey, survey_remote
+from .units import count
 
 if TYPE_CHECKING:
 
@@ -641,7 +642,7 @@ def _finish_apply(
             _out(report_summary(report, unlisted=unlisted))
     if failures:
         raise SyncFailed(
-            f"{len(failures)} file(s) could not be synced; every other file was kept and "
+            f"{count(len(failures), 'file')} could not be synced; every other file was kept and "
             "recorded:",
             exit_code=ExitCode.TRANSFER,
             failures=failures + problems,
@@ -664,7 +665,7 @@ def _interrupted(
     code = ExitCode.TERMINATED if signum == signal.SIGTERM else ExitCode.INTERRUPTED
     out.summary(report, problems, exit_code=code, interrupted=True)
     typer.echo(
-        f"error: interrupted: {len(done)} file(s) were completed and recorded, "
+        f"error: interrupted: {count(len(done), 'file')} completed and recorded, "
         f"{remaining} remain; run the same command again to resume",
         err=True,
     )
@@ -712,7 +713,7 @@ def verify_command(manifest: ManifestArg, json_output: JsonOpt = False) -> None:
             from .errors import ChecksumMismatch
 
             raise ChecksumMismatch(
-                f"{len(bad)} recorded file(s) failed verification:\n"
+                f"{count(len(bad), 'recorded file')} failed verification:\n"
                 + "\n".join(check_lines(bad)),
                 hint="run `immsync apply` to repair them",
             )
@@ -754,7 +755,7 @@ def lock_command(
         pinned = make_lock(remote.selected, releases, manifest_name=manifest.name)
         write_lock(target, pinned)
         total = sum(f.size for f in pinned.files.values())
-        message = f"wrote {target}: {len(pinned.files)} file(s) pinned, {format_size(total)}"
+        message = f"wrote {target}: {count(len(pinned.files), 'file')} pinned, {format_size(total)}"
         if previous is not None:
             drift = compare(previous, loaded, remote.selected, listed=remote.listed)
             kinds = [d.kind.value for d in drift]
@@ -796,8 +797,8 @@ def merge_shards_command(
             result = merge_shards(loaded.destination, store)
         names = ", ".join(str(s) for s in result.shards)
         _out(
-            f"merged {len(result.shards)} shard state(s) ({names}): {result.recorded} "
-            f"record(s) written; {result.total} file(s) recorded"
+            f"merged {count(len(result.shards), 'shard state')} ({names}): "
+            f"{count(result.recorded, 'record')} written; {count(result.total, 'file')} recorded"
         )
 
 

@@ -32,6 +32,7 @@ from .check import FileCheck, FileState
 from .errors import ImmsyncError
 from .model import Action, FileOutcome, Plan, ProgressEvent, Report, TransferBatch
 from .staging import staged_name
+from .units import count
 from .units import format_size as format_size
 
 JSON_ACTIONS = (Action.DOWNLOAD, Action.UPDATE, Action.REPAIR, Action.DELETE)
@@ -196,17 +197,17 @@ def report_summary(report: Report, *, unlisted: int = 0) -> str:
     c = report.counts()
     if unlisted and not report.outcomes:
         done = (
-            f"Incomplete: {_unlisted(unlisted)}; of the rest, {c['unchanged']} file(s) "
+            f"Incomplete: {_unlisted(unlisted)}; of the rest, {count(c['unchanged'], 'file')} "
             "unchanged, nothing transferred."
         )
     elif not report.outcomes:
-        done = f"Up to date: {c['unchanged']} file(s) unchanged, nothing transferred."
+        done = f"Up to date: {count(c['unchanged'], 'file')} unchanged, nothing transferred."
     else:
         done = (
             f"Done in {report.elapsed:.1f} s: {c['download']} downloaded, {c['update']} "
             f"updated, {c['repair']} repaired, {c['delete']} deleted, {c['unchanged']} "
             f"unchanged, {c['failed']} failed; {format_size(report.bytes_transferred)} "
-            f"transferred in {report.sessions} session(s)."
+            f"transferred in {count(report.sessions, 'session')}."
         )
     return done + _kept_sentence(report.plan)
 
@@ -248,7 +249,7 @@ def check_lines(checks: Sequence[FileCheck], *, all_files: bool = False) -> list
 def checks_summary(checks: Sequence[FileCheck], verb: str) -> str:
     counts = _count_states(checks)
     return (
-        f"{verb} {len(checks)} recorded file(s): {counts[FileState.OK]} ok, "
+        f"{verb} {count(len(checks), 'recorded file')}: {counts[FileState.OK]} ok, "
         f"{counts[FileState.MODIFIED]} modified, {counts[FileState.MISSING]} missing."
     )
 
@@ -373,7 +374,7 @@ class LineReporter:
     def batch_started(self, batch: TransferBatch) -> None:
         self._totals.batch(batch)
         self._write(
-            f"{batch.label}: starting transfer of {len(batch.files)} file(s), "
+            f"{batch.label}: starting transfer of {count(len(batch.files), 'file')}, "
             f"{format_size(batch.total_bytes)}"
         )
 
@@ -389,7 +390,8 @@ class LineReporter:
 
     def retrying(self, batch: TransferBatch, error: ImmsyncError, delay: float) -> None:
         self._write(
-            f"{batch.label}: retrying {len(batch.files)} file(s) in {delay:.1f} s: {error.message}"
+            f"{batch.label}: retrying {count(len(batch.files), 'file')} in {delay:.1f} s: "
+            f"{error.message}"
         )
 
     def _write(self, line: str) -> None:
@@ -504,7 +506,8 @@ class RichReporter:
             Text.assemble(
                 (
                     visible(
-                        f"{batch.label}: retrying {len(batch.files)} file(s) in {delay:.1f} s"
+                        f"{batch.label}: retrying {count(len(batch.files), 'file')} in "
+                        f"{delay:.1f} s"
                     ),
                     "yellow",
                 ),

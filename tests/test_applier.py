@@ -384,7 +384,7 @@ class TestRefusals:
         with pytest.raises(TransferError) as raised:
             rig.run(batch_max_files=1)
         assert raised.value.kind is Failure.AUTH
-        assert raised.value.message.startswith("stopped: failed to authenticate; 0 file(s)")
+        assert raised.value.message.startswith("stopped: failed to authenticate; 0 files")
         assert rig.transfer.calls == [(A,)]
         assert rig.clock.sleeps == []
         assert rig.transfer.terminated == 1
@@ -405,7 +405,7 @@ class TestStops:
             rig.run(batch_max_files=2)
         assert rig.transfer.calls == [(A, D), (B, C)]
         assert raised.value.message == (
-            "stopped: Disk write failed; 3 file(s) were completed and recorded before it"
+            "stopped: Disk write failed; 3 files completed and recorded before it"
         )
         assert "free some space" in (raised.value.hint or "")
         assert sorted(rig.recorded()) == [A, B, D]
@@ -531,7 +531,7 @@ class TestPlacing:
         assert rig.transfer.calls == [(A,), (B,)]
         assert raised.value.message == (
             f"stopped: {B}: cannot place the verified file at {rig.dest / B}: "
-            f"{os.strerror(code)}; 1 file(s) were completed and recorded before it"
+            f"{os.strerror(code)}; 1 file completed and recorded before it"
         )
         assert sorted(rig.recorded()) == [A]
         assert not (rig.dest / B).exists()

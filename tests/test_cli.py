@@ -106,3 +106,21 @@ class TestPipes:
     def test_the_exit_code_is_documented(self) -> None:
         readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
         assert f"| {int(ExitCode.BROKEN_PIPE)} |" in readme
+
+
+def test_counts_read_as_words() -> None:
+    """'1 file', '2 files': no 'file(s)' left in what people read."""
+    from immsync.units import count
+
+    assert (count(1, "file"), count(0, "file"), count(2, "study", "studies")) == (
+        "1 file",
+        "0 files",
+        "2 studies",
+    )
+    product = Path(__file__).resolve().parents[1] / "immsync"
+    for path in product.rglob("*.py"):
+        if "testing" in path.parts:
+            continue
+        for line in path.read_text().splitlines():
+            if "f\"" in line or line.strip().startswith(('"', "f'")):
+                assert "file(s)" not in line or "log." in line or '"%s' in line, (path, line)

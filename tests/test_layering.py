@@ -44,11 +44,11 @@ ALLOWED = {
     # The wiring: environment, credentials, transport choice, one run put together.
     "app": {
         "__init__", "ascp", "errors", "https", "immport", "lockfile", "model", "ports", "shard",
-        "state", "statedir", "sync", "transports",
+        "state", "statedir", "sync", "transports", "units",
     },
     "cli": {
         "app", "ascp", "check", "errors", "https", "immport", "lock", "manifest", "model", "render",
-        "ports", "retry", "state", "statedir", "sync", "transports", "__init__",
+        "ports", "retry", "state", "statedir", "sync", "transports", "units", "__init__",
         "events", "init", "lockfile", "shard",
     },
     "__init__": {"errors", "manifest", "model", "plan"},

@@ -66,7 +66,7 @@ class TestLock:
         result = world.run("lock", str(world.manifest_path))
         assert result.exit_code == 0, result.output
         target = world.root / "manifest.lock.json"
-        assert f"wrote {target}: {len(selected_paths(world))} file(s) pinned" in result.stdout
+        assert f"wrote {target}: {len(selected_paths(world))} files pinned" in result.stdout
         doc = json.loads(target.read_text())
         assert doc["schema"] == "immsync.lock/1"
         assert doc["manifest"] == "manifest.yaml"
@@ -183,7 +183,7 @@ class TestFrozen:
         (world.remote / DESIGN).unlink()  # a path the manifest names: a listing problem
         result = world.apply("--frozen")
         assert result.exit_code == ExitCode.USAGE
-        assert "--frozen: 2 file(s) no longer match the lock file" in result.stderr
+        assert "--frozen: 2 files no longer match the lock file" in result.stderr
         assert f"  {FCS}: changed upstream since the lock: size" in result.stderr
         assert f"  {gone}: pinned by the lock but no longer on ImmPort" in result.stderr
         assert f"manifest.yaml:7: {DESIGN} not found on ImmPort" in result.stderr

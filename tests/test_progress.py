@@ -36,7 +36,7 @@ def test_the_terminal_reporter_prints_the_plan_retries_and_failures(tmp_path: Pa
         reporter.close()
     text = out.getvalue()
     assert "Plan: 2 to download, 0 to update, 0 to repair, 0 to delete" in text
-    assert "batch 1/1: retrying 2 file(s) in 1.0 s: stalled" in text
+    assert "batch 1/1: retrying 2 files in 1.0 s: stalled" in text
     assert f"failed: {B}: MD5 mismatch" in text
     reporter.close()  # closing twice is harmless
 
@@ -48,8 +48,8 @@ def test_the_log_reporter_writes_plain_lines_at_intervals(tmp_path: Path):
     reporter = LineReporter(lines.append, interval=0.0, clock=clock)
     troubled_run(tmp_path, reporter)
     assert lines[0].startswith("Plan: 2 to download")
-    assert "batch 1/1: starting transfer of 2 file(s), 4.9 KiB" in lines
-    assert "batch 1/1: retrying 2 file(s) in 1.0 s: stalled" in lines
+    assert "batch 1/1: starting transfer of 2 files, 4.9 KiB" in lines
+    assert "batch 1/1: retrying 2 files in 1.0 s: stalled" in lines
     assert any(line.startswith(f"failed: {B}: MD5 mismatch") for line in lines)
     assert any(line.startswith("progress: 1/2 files, 2.9 KiB/4.9 KiB") for line in lines)
     assert not any("\r" in line for line in lines)

@@ -229,7 +229,7 @@ class TestTransferFaults:
         assert second["status"] == "ok"
         assert second["resumed"] == {"/" + FCS: 70_000}
         assert second["bytes_sent"] == FCS_SIZE - 70_000
-        assert "retrying 1 file(s)" in result.stderr
+        assert "retrying 1 file " in result.stderr
         assert_synced(world, [FCS])
 
     @pytest.mark.parametrize("kind", ["tcp", "udp"])
@@ -303,7 +303,7 @@ class TestTransferFaults:
         assert result.exit_code == ExitCode.LOCAL, result.output
         assert "error: stopped: " in result.stderr
         assert "Disk write failed" in result.stderr
-        assert "1 file(s) were completed and recorded" in result.stderr
+        assert "1 file completed and recorded" in result.stderr
         assert len(world.sessions()) == 1  # not retried: every retry would fail alike
         assert sorted(recorded(world)) == [FCS]
         assert_synced(world, [FCS])
@@ -506,7 +506,7 @@ class TestInterruption:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
         assert returncode == code, err
-        assert "interrupted: 3 file(s) were completed and recorded, 2 remain" in err
+        assert "interrupted: 3 files completed and recorded, 2 remain" in err
         assert "run the same command again to resume" in err
         result = json.loads(summary.read_text())["result"]
         assert (result["exit_code"], result["interrupted"]) == (code, True)
@@ -568,7 +568,7 @@ class TestInterruption:
         reader = threading.Thread(target=lambda: lines.extend(proc.stderr), daemon=True)
         reader.start()
         try:
-            wait_for(lambda: any("retrying 4 file(s)" in line for line in lines), "a retry wait")
+            wait_for(lambda: any("retrying 4 files" in line for line in lines), "a retry wait")
             proc.send_signal(signal.SIGTERM)
             returncode = proc.wait(timeout=20)
         finally:
@@ -578,5 +578,5 @@ class TestInterruption:
         reader.join(timeout=10)
         err = "".join(lines)
         assert returncode == ExitCode.TERMINATED, err
-        assert "interrupted: 0 file(s) were completed and recorded, 4 remain" in err
+        assert "interrupted: 0 files completed and recorded, 4 remain" in err
         assert len(world.sessions()) == 1

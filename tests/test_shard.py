@@ -118,7 +118,7 @@ class TestShardedRun:
         # Folding the shards in: the main state holds all, and a second merge is a no-op.
         merge = world.run("merge-shards", str(world.manifest_path))
         assert merge.exit_code == 0, merge.output
-        assert "merged 3 shard state(s) (1/3, 2/3, 3/3): 9 record(s) written" in merge.stdout
+        assert "merged 3 shard states (1/3, 2/3, 3/3): 9 records written" in merge.stdout
         assert sorted(recorded(state_path(world.dest))) == expected
         assert not any(shard_state_path(world.dest, Shard(k, 3)).exists() for k in (1, 2, 3))
         again = world.run("merge-shards", str(world.manifest_path))

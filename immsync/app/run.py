@@ -32,6 +32,7 @@ from ..shard import (
 )
 from ..state import StateStore, state_path
 from ..sync import Applier, Survey, SyncOptions, survey
+from ..units import count
 from .config import HTTPS_JOBS, Environment
 from .transport import choose
 
@@ -107,7 +108,7 @@ class Scope:
             ]
             if drift:
                 raise LockDrift(
-                    f"--frozen: {len(drift)} file(s) no longer match the lock file "
+                    f"--frozen: {count(len(drift), 'file')} no longer match the lock file "
                     f"{lock_path(self.manifest_path)}; nothing was fetched:",
                     drift=(*(str(d) for d in drift), *found.remote.problems),
                     hint="if the change is intended, run `immsync lock MANIFEST`, review the "

@@ -44,6 +44,7 @@ from ..retry import RetryPolicy, delays
 from ..staging import IN_TRANSIT_SUFFIXES, STAGING_SUFFIXES, staged_name
 from ..state import STATE_DIRNAME, StateStore
 from ..statedir import prepare_parents, private_folder, remove_files_below
+from ..units import count
 from .batches import SessionGate, make_batches
 from .survey import Survey, check_prune, is_regular_mode
 
@@ -159,7 +160,7 @@ class Applier:
         if self._fatal is not None:
             done = sum(1 for o in report.outcomes if o.ok)
             stopped = (
-                f"stopped: {self._fatal.message}; {done} file(s) were completed and recorded "
+                f"stopped: {self._fatal.message}; {count(done, 'file')} completed and recorded "
                 "before it"
             )
             fatal = self._fatal
@@ -297,7 +298,7 @@ class Applier:
             if not pending or self._stop.is_set():
                 return
             failure = error or TransferError(
-                f"the transfer reported success but {len(pending)} file(s) did not arrive "
+                f"the transfer reported success but {count(len(pending), 'file')} did not arrive "
                 "complete",
                 kind=Failure.TRANSIENT,
             )
