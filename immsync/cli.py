@@ -392,7 +392,7 @@ def plan(
                 "some selected paths could not be listed:",
                 exit_code=ExitCode.REMOTE,
                 failures=found.remote.problems,
-                hint="check the paths in the manifest against ImmPort",
+                hint=found.remote.hint,
             )
         if detailed_exitcode and found.plan:
             raise typer.Exit(int(ExitCode.CHANGES_PENDING))
@@ -581,7 +581,11 @@ def apply(
                 report = Report(plan=found.plan, dry_run=True)
             out.plan(found)
             _finish_apply(
-                report, found.remote.problems, out, unlisted=len(found.remote.failed_roots)
+                report,
+                found.remote.problems,
+                out,
+                unlisted=len(found.remote.failed_roots),
+                listing_hint=found.remote.hint,
             )
             return
         main_lock = destination_lock_path(loaded.destination)
@@ -615,7 +619,11 @@ def apply(
         if received:
             _interrupted(report, received[0], out, found.remote.problems)
         _finish_apply(
-            report, found.remote.problems, out, unlisted=len(found.remote.failed_roots)
+            report,
+            found.remote.problems,
+            out,
+            unlisted=len(found.remote.failed_roots),
+            listing_hint=found.remote.hint,
         )
 
 
@@ -628,7 +636,12 @@ def apply(
 
 
 def _finish_apply(
-    report: Report, problems: tuple[str, ...], out: _ApplyOutput, *, unlisted: int
+    report: Report,
+    problems: tuple[str, ...],
+    out: _ApplyOutput,
+    *,
+    unlisted: int,
+    listing_hint: str,
 ) -> None:
     failures = tuple(f"{f.path}: {f.error}" for f in report.failures)
     exit_code = ExitCode.TRANSFER if failures else ExitCode.REMOTE if problems else ExitCode.OK
@@ -653,7 +666,7 @@ def _finish_apply(
             "some selected paths could not be listed:",
             exit_code=ExitCode.REMOTE,
             failures=problems,
-            hint="check the paths in the manifest against ImmPort",
+            hint=listing_hint,
         )
 
 
@@ -744,7 +757,7 @@ def lock_command(
                 "the lock file was not written: some selected paths could not be listed:",
                 exit_code=ExitCode.REMOTE,
                 failures=remote.problems,
-                hint="check the paths in the manifest against ImmPort",
+                hint=remote.hint,
             )
         releases = {s.accession: client.latest_data_release(s.accession) for s in loaded.studies}
         target = lock_path(manifest)

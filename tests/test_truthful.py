@@ -167,6 +167,20 @@ class TestUnreachable:
         assert "Plan, incomplete (1 selected path could not be listed" in result.stdout
         assert "127.0.0.1 refused the connection" in result.stderr
         assert result.stderr.count("retrying in") == 1  # one warning, not one per attempt
+        # The hint is about the connection, not about the manifest's paths.
+        assert "check the URL and its port" in result.stderr
+        assert "check the paths in the manifest" not in result.stderr
+
+    def test_an_apply_that_cannot_reach_immport_hints_at_the_connection(
+        self, today: World
+    ) -> None:
+        today.env["IMMSYNC_QUERY_API_BASE_URL"] = f"http://127.0.0.1:{closed_port()}/data/query"
+        today.write_manifest(SDY1)
+        result = today.apply()
+        assert result.exit_code == ExitCode.REMOTE, result.output
+        assert "Up to date" not in result.output
+        assert "check the URL and its port" in result.stderr
+        assert "check the paths in the manifest" not in result.stderr
 
     def test_an_apply_that_could_not_list_does_not_say_up_to_date(self, today: World) -> None:
         today.write_manifest("  - accession: SDY1\n    paths: [NoSuchFolder]\n")
@@ -174,6 +188,7 @@ class TestUnreachable:
         assert result.exit_code == ExitCode.REMOTE, result.output
         assert "Up to date" not in result.output
         assert "Incomplete: 1 selected path could not be listed" in result.stdout
+        assert "check the paths in the manifest against ImmPort" in result.stderr
 
     def test_each_kind_of_connection_failure_has_its_own_words(self) -> None:
         import socket

@@ -37,6 +37,9 @@ from ..units import format_size, parse_utc
 
 log = logging.getLogger(__name__)
 
+NOT_FOUND_HINT = "check the paths in the manifest against ImmPort"
+_UNLISTED_HINT = "run the same command again; the paths that were listed are kept"
+
 @dataclass(frozen=True, slots=True)
 class RemoteView:
     """What the listing found for a manifest."""
@@ -50,9 +53,17 @@ class RemoteView:
     notes: tuple[str, ...]
     covered: tuple[str, ...] = ()
     """Destination-relative roots that were listed: what is not in them is not selected."""
+    hints: tuple[str, ...] = ()
+    """What to do about the problems, one per cause, most useful first."""
 
     def is_unlisted(self, path: str) -> bool:
         return any(path == r or path.startswith(r + "/") for r in self.failed_roots)
+
+    @property
+    def hint(self) -> str:
+        """What to do about ``problems``: a path not found and an unreachable server
+        call for different fixes."""
+        return "; and ".join(self.hints) or NOT_FOUND_HINT
 
 
 def survey_remote(
@@ -80,6 +91,7 @@ def survey_remote(
     failed: list[str] = []
     problems: list[str] = []
     notes: list[str] = []
+    hints: dict[str, None] = {}  # ordered and without repeats
 
     def refuse(path: str, reason: str) -> None:
         problems.append(f"refused remote entry {path!r}: {reason}")
@@ -104,10 +116,12 @@ def survey_remote(
                 failed.append(relative_root)
                 hint = _case_hint(entry, [*catalog.paths_near(root), *listed], prefix)
                 problems.append(f"{where}{relative_root} not found on ImmPort{hint}")
+                hints[NOT_FOUND_HINT] = None
                 continue
             except (ApiError, UnsafePath) as exc:
                 failed.append(relative_root)
                 problems.append(f"{where}{relative_root} could not be listed: {exc.message}")
+                hints[exc.hint or _UNLISTED_HINT] = None
                 continue
             below: list[str] = []
             walked.append((entry, below))
@@ -158,6 +172,7 @@ def survey_remote(
             for root in manifest_mod.study_roots(study)
             if root.strip("/") not in failed
         ),
+        hints=tuple(hints),
     )
     if checksums:
         view = with_checksums(view, catalog, [s.accession for s in manifest.studies])
