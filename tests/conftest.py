@@ -63,6 +63,9 @@ class World:
             raise result.exception
         return CliResult(result.exit_code, result.stdout, result.stderr)
 
+    def plan(self, *extra: str) -> CliResult:
+        return self.run("plan", str(self.manifest_path), *extra)
+
     def apply(self, *extra: str) -> CliResult:
         # No stagger between sessions: the tests' emulator has no rate limit to respect.
         return self.run(
@@ -103,10 +106,17 @@ def _tree(tmp_path: Path) -> Path:
     return root
 
 
+@pytest.fixture(name="today_tree")
+def _today_tree(tmp_path: Path) -> Path:
+    """The bundled sample of today's ImmPort, built fresh in a temporary folder."""
+    root = tmp_path / "immport"
+    build_today_tree(root)
+    return root
+
+
 @pytest.fixture(name="world")
-def _world(tmp_path: Path) -> Any:
-    remote = tmp_path / "immport"
-    build_sample_tree(remote)
+def _world(tmp_path: Path, tree: Path) -> Any:
+    remote = tree
     root = tmp_path / "project"
     root.mkdir()
     with Emulator(remote, world="legacy", username="alice", password=PASSWORD) as emulator:
@@ -128,10 +138,9 @@ def _world(tmp_path: Path) -> Any:
 
 
 @pytest.fixture(name="today")
-def _today(tmp_path: Path) -> Any:
+def _today(tmp_path: Path, today_tree: Path) -> Any:
     """Today's ImmPort (2026): an API key file, the study manifest, DRS; no Aspera."""
-    remote = tmp_path / "immport"
-    build_today_tree(remote)
+    remote = today_tree
     root = tmp_path / "project"
     root.mkdir()
     with Emulator(remote) as emulator:

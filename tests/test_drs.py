@@ -30,7 +30,6 @@ from immsync.model import RemoteFile, TransferBatch
 from immsync.retry import RetryPolicy
 from immsync.state import StateStore, state_path
 from immsync.testing.emulator import Emulator, file_uuid
-from immsync.testing.sampledata import build_today_tree
 
 FAST = RetryPolicy(attempts=2, base_delay=0.0, max_delay=0.0, jitter=0.0)
 DESIGN = "SDY1/StudyFiles/Study_design.txt"
@@ -44,13 +43,6 @@ RETIRED_LINE = "ImmPort's Aspera service does not answer"
 
 
 # -- fixtures --------------------------------------------------------------------------
-
-
-@pytest.fixture(name="today_tree")
-def _today_tree(tmp_path: Path) -> Path:
-    root = tmp_path / "immport"
-    build_today_tree(root)
-    return root
 
 
 @pytest.fixture(name="emu")

@@ -53,13 +53,6 @@ ROW_FIELDS = [
 PROTOCOL = "SDY1/StudyFiles/SDY1_protocol.pdf"
 
 
-@pytest.fixture(name="today_tree")
-def _today_tree(tmp_path: Path) -> Path:
-    root = tmp_path / "immport"
-    build_today_tree(root)
-    return root
-
-
 @pytest.fixture(name="emu")
 def _emu(today_tree: Path) -> Iterator[Emulator]:
     with Emulator(today_tree, username="alice", password=PASSWORD) as emulator:

@@ -4,21 +4,15 @@ out by default with a note, through the command line against the emulator."""
 from __future__ import annotations
 
 import json
-import os
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 from conftest import CliResult, World
-from typer.testing import CliRunner
 
-from immsync.cli import app
 from immsync.model import RemoteFile
 from immsync.sync import RemoteView, with_checksums
-from immsync.testing.emulator import Emulator
-from immsync.testing.sampledata import build_today_tree, write_file
+from immsync.testing.sampledata import write_file
 
 # build_today_tree: SDY1 has five archived releases of 80,000 bytes, SDY269 two of 50,000.
 SDY1_NOTE = (
@@ -33,42 +27,6 @@ HEAD = "version: 1\ndestination: data\nstudies:\n"
 ALL_TYPES = "[study_file, protocol_file, result_file, release_file, archive_file]"
 
 
-@dataclass
-class Today:
-    """Today's ImmPort (API key, study file manifest, DRS) and a manifest folder."""
-
-    root: Path
-    remote: Path
-    env: dict[str, str]
-
-    @property
-    def dest(self) -> Path:
-        return self.root / "data"
-
-    @property
-    def manifest_path(self) -> Path:
-        return self.root / "manifest.yaml"
-
-    def write_manifest(self, studies: str) -> Path:
-        self.manifest_path.write_text(f"version: 1\ndestination: data\nstudies:\n{studies}")
-        return self.manifest_path
-
-    def run(self, *args: str) -> CliResult:
-        result = CliRunner().invoke(app, list(args), env=self.env)
-        if result.exception and not isinstance(result.exception, SystemExit):
-            raise result.exception
-        return CliResult(result.exit_code, result.stdout, result.stderr)
-
-    def plan(self, *extra: str) -> CliResult:
-        return self.run("plan", str(self.manifest_path), *extra)
-
-    def apply(self, *extra: str) -> CliResult:
-        return self.run("apply", str(self.manifest_path), "--transport", "https", *extra)
-
-    def local_files(self) -> list[str]:
-        return local_files(self.dest)
-
-
 def local_files(dest: Path) -> list[str]:
     return sorted(
         p.relative_to(dest).as_posix()
@@ -77,30 +35,7 @@ def local_files(dest: Path) -> list[str]:
     )
 
 
-@pytest.fixture(name="today")
-def _today(tmp_path: Path) -> Iterator[Today]:
-    remote = tmp_path / "immport"
-    build_today_tree(remote)
-    root = tmp_path / "project"
-    root.mkdir()
-    with Emulator(remote, world="today") as emulator:
-        key_file = emulator.write_api_key_file(tmp_path / "key.json", emulator.add_api_key())
-        env = {
-            "IMMPORT_API_KEY": "",
-            "IMMPORT_API_KEY_FILE": str(key_file),
-            "IMMPORT_TOKEN": "",
-            "IMMPORT_USERNAME": "",
-            "IMMPORT_PASSWORD": "",
-            "IMMSYNC_QUERY_API_BASE_URL": emulator.query_url,
-            "IMMSYNC_DRS_BASE_URL": emulator.drs_url,
-            "IMMPORT_DATA_API_BASE_URL": emulator.data_url,
-            "IMMPORT_TOKEN_URL": emulator.token_url,
-            "PATH": os.environ.get("PATH", ""),
-        }
-        yield Today(root, remote, env)
-
-
-def today_files(today: Today, *, archives: bool) -> list[str]:
+def today_files(today: World, *, archives: bool) -> list[str]:
     files = local_files(today.remote)
     return [f for f in files if archives or "/archive/" not in f]
 
@@ -300,7 +235,7 @@ def test_legacy_listing_types_files_by_their_place(legacy_world):
 # -- validation -------------------------------------------------------------------------
 
 
-def validate(today: Today, text: str) -> CliResult:
+def validate(today: World, text: str) -> CliResult:
     today.manifest_path.write_text(text)
     return today.run("validate", str(today.manifest_path))
 
