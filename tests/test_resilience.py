@@ -539,7 +539,8 @@ class TestInterruption:
     ):
         """Stopped before any transfer: exit 130/143 with one line, no traceback, no ascp."""
         world.write_manifest(SDY1_FLOW_AND_STUDY)
-        world.emulator.latency = 0.5
+        # Long enough that a loaded machine still signals while the listing is in flight.
+        world.emulator.latency = 2.0
         proc = start_apply(world)
         try:
             wait_for(
