@@ -79,6 +79,8 @@ from xml.sax.saxutils import escape as xml_escape
 
 from immsync.testing import aspera_tokens
 from immsync.testing.aspera_config import FakeAsperaConfig
+from immsync.testing.fake_ascp import FakeAsperaInstall, install_fake_ascp
+from immsync.testing.sampledata import build_sample_tree, build_today_tree
 
 log = logging.getLogger(__name__)
 
@@ -1685,19 +1687,113 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Serve a docroot until SIGINT/SIGTERM.
+    """Serve a docroot until SIGINT/SIGTERM, with a stand-in ``ascp`` beside it.
 
     Prints the URLs as one JSON line first, then (for people) the ``export`` lines that
-    point immsync at this server. Today's world issues an API key at start and writes
-    its key file; the key's value is never printed.
+    point immsync at this server and at the stand-in ``ascp``. Today's world issues an
+    API key at start and writes its key file; the legacy world writes a netrc file with
+    the demo account. Neither the key nor the password is ever printed. Whatever was
+    made in the temporary folder (key file, netrc, ``ascp``, the demo studies) is
+    removed on exit.
     """
+    parser = _argument_parser()
+    args = parser.parse_args(argv)
+
+    if args.docroot is not None and not args.docroot.is_dir():
+        parser.error(f"--docroot {args.docroot} is not a folder")
+    if args.legacy and (args.api_key_file or args.allow_password_sign_in):
+        parser.error("--api-key-file and --allow-password-sign-in are for today's world")
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.WARNING,
+        stream=sys.stderr,
+        format="emulator: %(message)s",
+    )
+    password = args.password or os.environ.get("IMMPORT_PASSWORD") or "demo-password"
+    world: World = "legacy" if args.legacy else "today"
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    with contextlib.ExitStack() as cleanup:
+        scratch = _Scratch(cleanup)
+        docroot = args.docroot
+        if docroot is None:
+            docroot = _build_demo_studies(scratch.path / "immport", world)
+        emulator = Emulator(
+            docroot,
+            world=world,
+            username=args.username,
+            password=password,
+            host=args.host,
+            port=args.port,
+        )
+        emulator.latency = args.latency
+        emulator.allow_password_sign_in = args.allow_password_sign_in
+        cleanup.enter_context(emulator)
+        line: dict[str, str] = {
+            "world": world,
+            "base_url": emulator.base_url,
+            "token_url": emulator.token_url,
+            "data_url": emulator.data_url,
+            "query_url": emulator.query_url,
+            "drs_url": emulator.drs_url,
+            "docroot": str(docroot),
+        }
+        exports = {
+            "IMMSYNC_QUERY_API_BASE_URL": emulator.query_url,
+            "IMMSYNC_DRS_BASE_URL": emulator.drs_url,
+            "IMMPORT_DATA_API_BASE_URL": emulator.data_url,
+            "IMMPORT_TOKEN_URL": emulator.token_url,
+        }
+        if world == "today":
+            key_file = args.api_key_file or scratch.path / "immport-api-key.json"
+            emulator.write_api_key_file(key_file, emulator.add_api_key())
+            line["api_key_file"] = str(key_file)
+            exports = {"IMMPORT_API_KEY_FILE": str(key_file), **exports}
+            # The one credential that would outrank the key file.
+            unset = ["IMMPORT_API_KEY"]
+        else:
+            netrc_file = _write_netrc(
+                args.netrc or scratch.path / "netrc", emulator.host, args.username, password
+            )
+            line["netrc"] = str(netrc_file)
+            exports |= {"IMMPORT_USERNAME": args.username, "NETRC": str(netrc_file)}
+            # Everything immsync would use before a netrc entry.
+            unset = ["IMMPORT_API_KEY", "IMMPORT_API_KEY_FILE", "IMMPORT_TOKEN", "IMMPORT_PASSWORD"]
+        aspera = _install_stand_in_ascp(
+            emulator, args.aspera_dir or scratch.path / "aspera", args.aspera_config
+        )
+        line |= {"ascp": str(aspera.ascp), "aspera_key": str(aspera.key)}
+        exports |= {"IMMSYNC_ASCP": str(aspera.ascp), "IMMSYNC_ASPERA_KEY": str(aspera.key)}
+        sys.stdout.write(json.dumps(line) + "\n")
+        sys.stdout.write(_banner(emulator, args, docroot_is_demo=args.docroot is None) + "\n")
+        for name, value in exports.items():
+            sys.stdout.write(f"export {name}={shlex.quote(value)}\n")
+        sys.stdout.write(f"unset {' '.join(unset)}\n")
+        sys.stdout.write(_next_steps(world, scratch.made) + "\n")
+        sys.stdout.flush()
+        while not stop.wait(0.2):
+            pass
+    return 0
+
+
+def _argument_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m immsync.testing.emulator",
         description="Serve a folder through an emulated ImmPort API on 127.0.0.1: today's "
         "ImmPort (API keys, the study file manifest, DRS) by default, or --legacy "
-        "(passwords, /data/list, Aspera tokens).",
+        "(passwords, /data/list, Aspera tokens). Installs a stand-in ascp for it and "
+        "prints the export lines that point immsync at both.",
     )
-    parser.add_argument("--docroot", type=Path, required=True, help="folder to serve")
+    parser.add_argument(
+        "--docroot",
+        type=Path,
+        help="folder to serve (default: the demo studies SDY1 and SDY269, built in a "
+        "temporary folder removed on exit)",
+    )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
     parser.add_argument(
@@ -1721,84 +1817,103 @@ def main(argv: list[str] | None = None) -> int:
         help="demo account password (default: $IMMPORT_PASSWORD, else demo-password); "
         "prefer the environment variable, argv is visible to other users",
     )
-    parser.add_argument("--aspera-config", type=Path, help="write the stand-in ascp config here")
+    parser.add_argument(
+        "--netrc",
+        type=Path,
+        help="legacy world: write the demo account's netrc file here, readable by you only "
+        "(default: a temporary folder removed on exit)",
+    )
+    parser.add_argument(
+        "--aspera-dir",
+        type=Path,
+        help="install the stand-in Aspera CLI here, kept on exit: bin/ascp and "
+        "etc/asperaweb_id_dsa.openssh (default: a temporary folder removed on exit)",
+    )
+    parser.add_argument(
+        "--aspera-config",
+        type=Path,
+        help="where the stand-in ascp reads what to serve (default: etc/aspera-config.json "
+        "in the Aspera folder)",
+    )
     parser.add_argument("--latency", type=float, default=0.0, help="seconds added to each reply")
     parser.add_argument("--verbose", action="store_true", help="log each request to stderr")
-    args = parser.parse_args(argv)
+    return parser
 
-    if not args.docroot.is_dir():
-        parser.error(f"--docroot {args.docroot} is not a folder")
-    if args.legacy and (args.api_key_file or args.allow_password_sign_in):
-        parser.error("--api-key-file and --allow-password-sign-in are for today's world")
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.WARNING,
-        stream=sys.stderr,
-        format="emulator: %(message)s",
+
+class _Scratch:
+    """A temporary folder made on first use and removed when *cleanup* closes."""
+
+    def __init__(self, cleanup: contextlib.ExitStack) -> None:
+        self._cleanup = cleanup
+        self._path: Path | None = None
+
+    @property
+    def made(self) -> Path | None:
+        return self._path
+
+    @property
+    def path(self) -> Path:
+        if self._path is None:
+            folder = tempfile.TemporaryDirectory(prefix="immport-emu-")
+            self._path = Path(self._cleanup.enter_context(folder))
+        return self._path
+
+
+def _build_demo_studies(root: Path, world: World) -> Path:
+    """The demo's studies: today's tree (release files, archive) or the legacy one."""
+    if world == "today":
+        build_today_tree(root)
+    else:
+        build_sample_tree(root)
+    return root
+
+
+def _write_netrc(path: Path, host: str, username: str, password: str) -> Path:
+    """The demo account as a netrc entry for *host*, readable by its owner only."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        os.fchmod(fh.fileno(), 0o600)
+        fh.write(f"machine {host} login {username} password {password}\n")
+    return path
+
+
+def _install_stand_in_ascp(
+    emulator: Emulator, folder: Path, config: Path | None
+) -> FakeAsperaInstall:
+    """The stand-in Aspera CLI under *folder*, serving *emulator*'s docroot and tokens."""
+    config_path = emulator.write_aspera_config(config or folder / "etc" / "aspera-config.json")
+    return install_fake_ascp(folder, config_path)
+
+
+def _banner(emulator: Emulator, args: argparse.Namespace, *, docroot_is_demo: bool) -> str:
+    served = "the demo studies SDY1 and SDY269" if docroot_is_demo else str(emulator.docroot)
+    if emulator.world == "today":
+        return (
+            f"# today's ImmPort at {emulator.base_url}, serving {served}: an API key with the "
+            "browse and download scopes is in the key file; the Aspera token service answers "
+            "404 (ImmPort after its Aspera retirement), so with the stand-in ascp "
+            "`--transport auto` moves to https and `--transport ascp` stops (exit 8). "
+            "Paste into your shell:"
+        )
+    return (
+        f"# legacy ImmPort at {emulator.base_url}, serving {served}: password sign-in as "
+        f"{args.username!r} (the netrc file holds the password), the folder listing, and "
+        "Aspera tokens the stand-in ascp accepts. Paste into your shell:"
     )
-    password = args.password or os.environ.get("IMMPORT_PASSWORD") or "demo-password"
-    world: World = "legacy" if args.legacy else "today"
-    emulator = Emulator(
-        args.docroot,
-        world=world,
-        username=args.username,
-        password=password,
-        host=args.host,
-        port=args.port,
-    )
-    emulator.latency = args.latency
-    emulator.allow_password_sign_in = args.allow_password_sign_in
-    stop = threading.Event()
 
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        stop.set()
 
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
-    with contextlib.ExitStack() as cleanup:
-        cleanup.enter_context(emulator)
-        line: dict[str, str] = {
-            "world": world,
-            "base_url": emulator.base_url,
-            "token_url": emulator.token_url,
-            "data_url": emulator.data_url,
-            "query_url": emulator.query_url,
-            "drs_url": emulator.drs_url,
-        }
-        exports = {
-            "IMMSYNC_QUERY_API_BASE_URL": emulator.query_url,
-            "IMMSYNC_DRS_BASE_URL": emulator.drs_url,
-            "IMMPORT_DATA_API_BASE_URL": emulator.data_url,
-            "IMMPORT_TOKEN_URL": emulator.token_url,
-        }
-        if world == "today":
-            key_file = args.api_key_file
-            if key_file is None:
-                folder = cleanup.enter_context(tempfile.TemporaryDirectory(prefix="immport-emu-"))
-                key_file = Path(folder) / "immport-api-key.json"
-            key = emulator.add_api_key()
-            emulator.write_api_key_file(key_file, key)
-            line["api_key_file"] = str(key_file)
-            exports = {"IMMPORT_API_KEY_FILE": str(key_file), **exports}
-        if args.aspera_config is not None:
-            emulator.write_aspera_config(args.aspera_config)
-            line["aspera_config"] = str(args.aspera_config)
-        sys.stdout.write(json.dumps(line) + "\n")
-        if world == "today":
-            sys.stdout.write(
-                f"# today's ImmPort at {emulator.base_url}: an API key with the browse and "
-                "download scopes is in the key file. Paste into your shell:\n"
-            )
-        else:
-            sys.stdout.write(
-                f"# legacy ImmPort at {emulator.base_url}: sign in as {args.username!r} with "
-                "the password you gave. Paste into your shell:\n"
-            )
-        for name, value in exports.items():
-            sys.stdout.write(f"export {name}={shlex.quote(value)}\n")
-        sys.stdout.flush()
-        while not stop.wait(0.2):
-            pass
-    return 0
+def _next_steps(world: World, scratch: Path | None) -> str:
+    lines = [
+        "# Then try: immsync init SDY1 SDY269 > manifest.yaml; immsync plan manifest.yaml; "
+        "immsync apply manifest.yaml --transport https"
+        + (" (or ascp)" if world == "legacy" else "")
+    ]
+    if scratch is not None:
+        lines.append(f"# Ctrl-C stops the emulator and removes {scratch}.")
+    else:
+        lines.append("# Ctrl-C stops the emulator.")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
