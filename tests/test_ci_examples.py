@@ -1,8 +1,10 @@
 """examples/ci: each example is parsed and its immsync commands run against the emulator.
 
-Steps that only install things or talk to the CI service (``uses:``, ``pip install``)
-are not run; every shell line that calls immsync is, with the CI's variables set as
-the service would set them. The README shows each example verbatim.
+Steps that talk to the CI service (``uses:``) are not run; every shell line that calls
+immsync is, with the CI's variables set as the service would set them. Each ``pip
+install`` line is run too, in a fresh virtual environment, with its repository URL
+pointed at a copy of this checkout tagged as the line asks. The README shows each
+example verbatim.
 """
 
 from __future__ import annotations
@@ -10,15 +12,20 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
+import sysconfig
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 from conftest import World
+
+from immsync import __version__
 
 ROOT = Path(__file__).resolve().parents[1]
 CI = ROOT / "examples" / "ci"
@@ -207,7 +214,7 @@ def test_kubernetes_indexed_job(world: World):
     container = spec["template"]["spec"]["containers"][0]
     assert container["command"] == ["sh", "-c"]
     (command,) = container["args"]
-    assert f"/{spec['completions']}\"" in command, "the shard count must equal completions"
+    assert f'/{spec["completions"]}"' in command, "the shard count must equal completions"
     world.write_manifest(WHOLE)
     command = command.replace("/config/manifest.yaml", str(world.manifest_path))
     (secret,) = [e for e in container["env"] if e["name"] == "IMMPORT_API_KEY"]
@@ -224,3 +231,206 @@ def test_kubernetes_indexed_job(world: World):
     for child in children:
         finish(child)
     assert_one_verified_mirror(world)  # verify reads every shard's state, merged or not
+
+
+# -- the install lines ---------------------------------------------------------------
+
+PLACEHOLDER = "https://github.com/YOUR-ORG/immsync"
+INSTALL = re.compile(r'^python -m pip install "immsync @ git\+(?P<url>\S+?)@(?P<ref>[^"@\s]+)"$')
+
+
+def strings_in(doc: Any) -> Iterator[str]:
+    if isinstance(doc, str):
+        yield doc
+    elif isinstance(doc, dict):
+        for value in doc.values():
+            yield from strings_in(value)
+    elif isinstance(doc, list):
+        for value in doc:
+            yield from strings_in(value)
+
+
+def install_lines(name: str) -> list[str]:
+    """The shell lines of example *name* that install immsync."""
+    path = CI / name
+    if path.suffix in (".yml", ".yaml"):
+        scripts = list(strings_in(yaml.safe_load(path.read_text())))
+    else:
+        scripts = [path.read_text()]
+    return [
+        line.strip()
+        for script in scripts
+        for line in script.splitlines()
+        if "pip install" in line and not line.lstrip().startswith("#")
+    ]
+
+
+INSTALLING = [name for name in EXAMPLES if install_lines(name)]
+
+
+def test_every_install_line_names_the_placeholder_and_this_release():
+    """One form everywhere: the README's placeholder URL, pinned to this version's tag."""
+    assert INSTALLING == ["github-actions.yml", "gitlab-ci.yml"]
+    for name in INSTALLING:
+        for line in install_lines(name):
+            match = INSTALL.match(line)
+            assert match, f"examples/ci/{name}: {line!r} is not the README's install form"
+            assert match["url"] == PLACEHOLDER, name
+            assert match["ref"] == f"v{__version__}", f"{name} pins {match['ref']}"
+    # The examples point to this section by name; it shows the same line and explains it.
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("### Installing immsync in CI\n", 1)[1].split("\n### ", 1)[0]
+    assert install_lines(INSTALLING[0])[0] in section
+    assert "`YOUR-ORG/immsync` is a placeholder" in section
+
+
+@pytest.fixture(name="release_repo", scope="module")
+def _release_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A bare copy of this checkout (its working tree as it is), tagged v<version>.
+
+    It stands for the repository the examples' placeholder names, so pip clones it
+    and checks the tag out exactly as it would from a real host.
+    """
+    bare = tmp_path_factory.mktemp("remote") / "immsync.git"
+    git = ["git", "-c", "user.name=test", "-c", "user.email=test@example.org"]
+    subprocess.run([*git, "init", "-q", "--bare", str(bare)], check=True)
+    # A commit of the working tree as it is (committed or not); HEAD when it is clean.
+    stashed = subprocess.run(
+        [*git, "-C", str(ROOT), "stash", "create"], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    commit = stashed or "HEAD"
+    tag = f"refs/tags/v{__version__}"
+    subprocess.run(
+        [
+            *git,
+            "-C",
+            str(ROOT),
+            "push",
+            "-q",
+            str(bare),
+            f"{commit}:refs/heads/main",
+            f"{commit}:{tag}",
+        ],
+        check=True,
+    )
+    subprocess.run([*git, "-C", str(bare), "symbolic-ref", "HEAD", "refs/heads/main"], check=True)
+    return bare
+
+
+def fresh_venv(root: Path) -> Path:
+    """A new virtual environment that sees this one's packages but not its immsync.
+
+    Every other distribution installed here (immsync's dependencies, pip, the build
+    backend) is linked into one folder the new environment has on its path, so pip
+    finds the dependencies installed and needs no index; immsync itself must come from
+    the install line.
+    """
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(root)], check=True)
+    shared = root / "shared-packages"
+    shared.mkdir()
+    for folder in {sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]}:
+        for entry in Path(folder).iterdir():
+            name = entry.name.lower()
+            if name.startswith(("immsync", "__editable__", "_editable_impl_")) or (
+                entry.suffix == ".pth"
+            ):
+                continue
+            if not (shared / entry.name).exists():
+                (shared / entry.name).symlink_to(entry)
+    site = subprocess.run(
+        [
+            str(root / "bin" / "python"),
+            "-c",
+            "import sysconfig; print(sysconfig.get_paths()['purelib'])",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    (Path(site) / "shared-packages.pth").write_text(f"{shared}\n")
+    return root
+
+
+def offline_shell(venv: Path, home: Path) -> dict[str, str]:
+    """A CI job's shell with *venv* first on PATH; pip uses no index and no config."""
+    home.mkdir(exist_ok=True)
+    return {
+        "PATH": f"{venv / 'bin'}{os.pathsep}{os.environ.get('PATH', '/usr/bin:/bin')}",
+        "HOME": str(home),
+        "PIP_CONFIG_FILE": os.devnull,
+        "PIP_NO_INDEX": "1",
+        "PIP_DISABLE_PIP_VERSION_CHECK": "1",
+        # The backend is already installed; pip reads a negative option's variable
+        # inverted: "false" here means --no-build-isolation.
+        "PIP_NO_BUILD_ISOLATION": "false",
+    }
+
+
+def run_in(env: dict[str, str], script: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(
+        ["bash", "-eo", "pipefail", "-c", script],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, f"{script}\n{result.stdout}\n{result.stderr}"
+    return result
+
+
+def installed_from(env: dict[str, str], venv: Path, cwd: Path) -> None:
+    """immsync runs from *venv*: its command, its version, its package folder."""
+    found = run_in(env, "command -v immsync; immsync --version", cwd).stdout.split("\n")
+    assert found[0] == str(venv / "bin" / "immsync")
+    assert found[1] == f"immsync {__version__}"
+    where = run_in(env, "python -c 'import immsync; print(immsync.__file__)'", cwd).stdout
+    assert Path(where.strip()).is_relative_to(venv), where
+
+
+@pytest.mark.parametrize("name", INSTALLING)
+def test_install_line_installs_the_tagged_release(name: str, release_repo: Path, tmp_path: Path):
+    """The example's own pip line, its URL pointed at a tagged copy of this checkout."""
+    venv = fresh_venv(tmp_path / "venv")
+    env = offline_shell(venv, tmp_path / "home")
+    for line in install_lines(name):
+        line = line.replace(f"git+{PLACEHOLDER}@", f"git+file://{release_repo}@")
+        assert str(release_repo) in line, line
+        result = run_in(env, line, tmp_path)
+        assert "Successfully installed immsync" in result.stdout, result.stdout
+    installed_from(env, venv, tmp_path)
+
+
+def test_an_installed_copy_runs_the_demo_and_the_emulator(release_repo: Path, tmp_path: Path):
+    """The README's `pip install .` from a clone; then the demo and the emulator run
+    from the installed copy alone, and leave nothing behind in the folder they ran in."""
+    venv = fresh_venv(tmp_path / "venv")
+    env = offline_shell(venv, tmp_path / "home")
+    run_in(env, f"git clone -q {release_repo} clone", tmp_path)
+    readme = (ROOT / "README.md").read_text()
+    assert "python3 -m pip install .  " in readme
+    run_in(env, "python3 -m pip install .", tmp_path / "clone")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    installed_from(env, venv, elsewhere)
+    demo = run_in(env, "python -m immsync.demo", elsewhere)
+    assert "and downloaded nothing" in demo.stdout, demo.stdout
+    emulator = subprocess.Popen(
+        [str(venv / "bin" / "python"), "-m", "immsync.testing.emulator", "--legacy"],
+        cwd=elsewhere,
+        env={**env, "TMPDIR": str(tmp_path)},
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert emulator.stdout is not None
+        info = json.loads(emulator.stdout.readline())
+        ascp = run_in(env, f"{info['ascp']} -A", elsewhere)
+        assert "ascp version" in ascp.stdout
+    finally:
+        emulator.send_signal(signal.SIGINT)
+        emulator.communicate(timeout=20)
+    assert emulator.returncode == 0
+    assert not Path(info["ascp"]).exists()
+    assert list(elsewhere.iterdir()) == []

@@ -40,7 +40,9 @@ quoted) and ``If-Match`` (412 ``PreconditionFailed`` once the file changed), exp
 expired``), faults from ``inject_blob_fault`` (a connection dropped or a body cut short
 after N bytes, a stall, S3 XML errors, per access method), and ``bytes_served`` counts
 what each file's downloads really sent. Standard library only, so it also runs as a
-program: ``python -m immsync.testing.emulator --docroot DIR [--legacy]``.
+program: ``python -m immsync.testing.emulator [--docroot DIR] [--legacy]`` serves (by
+default the demo studies), installs a stand-in ``ascp`` and prints the ``export`` lines
+that point immsync at both.
 """
 
 from __future__ import annotations
