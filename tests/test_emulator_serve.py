@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -18,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+ROOT = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
 PASSWORD = "emu-Pa55word-never-shown"
 
@@ -207,3 +209,18 @@ def test_the_banner_says_which_world_and_where_ascp_is(tmp_path: Path, world: li
         assert served.banner[0].startswith("# legacy ImmPort" if world else "# today's ImmPort")
     finally:
         served.stop()
+
+
+def test_the_readme_shows_a_real_run(tmp_path: Path):
+    """The README's example output is what the program prints, but for ports and folders."""
+    served = serve(tmp_path=tmp_path)
+    served.stop()
+    readme = (ROOT / "README.md").read_text()
+    shown = readme.split("$ python -m immsync.testing.emulator\n", 1)[1].split("```", 1)[0]
+
+    def general(text: str) -> str:
+        text = re.sub(r"127\.0\.0\.1:\d+", "127.0.0.1:PORT", text)
+        return re.sub(r"[^\s\"=]*/immport-emu-[^/\s\".]+", "SCRATCH", text)
+
+    printed = "\n".join([json.dumps(served.info), *served.banner]) + "\n"
+    assert general(shown) == general(printed)

@@ -1775,7 +1775,7 @@ def main(argv: list[str] | None = None) -> int:
         for name, value in exports.items():
             sys.stdout.write(f"export {name}={shlex.quote(value)}\n")
         sys.stdout.write(f"unset {' '.join(unset)}\n")
-        sys.stdout.write(_next_steps(world, scratch.made) + "\n")
+        sys.stdout.write(_next_steps(emulator, scratch.made) + "\n")
         sys.stdout.flush()
         while not stop.wait(0.2):
             pass
@@ -1889,32 +1889,37 @@ def _install_stand_in_ascp(
 
 
 def _banner(emulator: Emulator, args: argparse.Namespace, *, docroot_is_demo: bool) -> str:
-    served = "the demo studies SDY1 and SDY269" if docroot_is_demo else str(emulator.docroot)
+    served = "the demo studies" if docroot_is_demo else str(emulator.docroot)
     if emulator.world == "today":
         return (
-            f"# today's ImmPort at {emulator.base_url}, serving {served}: an API key with the "
-            "browse and download scopes is in the key file; the Aspera token service answers "
-            "404 (ImmPort after its Aspera retirement), so with the stand-in ascp "
-            "`--transport auto` moves to https and `--transport ascp` stops (exit 8). "
-            "Paste into your shell:"
+            f"# today's ImmPort at {emulator.base_url}, serving {served}, with an API key "
+            "(browse, download) in the key file. Paste into your shell:"
         )
     return (
-        f"# legacy ImmPort at {emulator.base_url}, serving {served}: password sign-in as "
-        f"{args.username!r} (the netrc file holds the password), the folder listing, and "
-        "Aspera tokens the stand-in ascp accepts. Paste into your shell:"
+        f"# legacy ImmPort at {emulator.base_url}, serving {served}: sign-in as "
+        f"{args.username!r} (the netrc file holds the password), Aspera tokens for the "
+        "stand-in ascp. Paste into your shell:"
     )
 
 
-def _next_steps(world: World, scratch: Path | None) -> str:
+def _next_steps(emulator: Emulator, scratch: Path | None) -> str:
+    studies = sorted(
+        (p.name for p in emulator.docroot.iterdir() if re.fullmatch(r"SDY\d+", p.name)),
+        key=lambda name: int(name[3:]),
+    )
+    transports = "https" if emulator.world == "today" else "https (or ascp)"
     lines = [
-        "# Then try: immsync init SDY1 SDY269 > manifest.yaml; immsync plan manifest.yaml; "
-        "immsync apply manifest.yaml --transport https"
-        + (" (or ascp)" if world == "legacy" else "")
+        f"# Then: immsync init {' '.join(studies[:3]) or 'SDY1'} > manifest.yaml; "
+        f"immsync plan manifest.yaml; immsync apply manifest.yaml --transport {transports}"
     ]
-    if scratch is not None:
-        lines.append(f"# Ctrl-C stops the emulator and removes {scratch}.")
-    else:
-        lines.append("# Ctrl-C stops the emulator.")
+    if emulator.world == "today":
+        lines.append(
+            "# Aspera is retired here (its token service answers 404): with the stand-in "
+            "ascp, `apply` moves to https and `--transport ascp` stops with exit 8; "
+            "--legacy serves Aspera."
+        )
+    ending = f" and removes {scratch}" if scratch is not None else ""
+    lines.append(f"# Ctrl-C stops the emulator{ending}.")
     return "\n".join(lines)
 
 
