@@ -12,7 +12,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-demo: $(STAMP)  ## run the main job offline against the bundled emulator and stand-in ascp
+demo: $(STAMP)  ## run the main job offline against the bundled emulator (today's ImmPort)
 	$(PY) -m immsync.demo --workdir demo-run
 
 test: $(STAMP)  ## the default test suite, then the type and lint checks

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -286,42 +287,32 @@ def test_every_install_line_names_the_placeholder_and_this_release():
 
 @pytest.fixture(name="release_repo", scope="module")
 def _release_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A bare copy of this checkout (its working tree as it is), tagged v<version>.
+    """A bare repository holding this checkout's files as they are, tagged v<version>.
 
-    It stands for the repository the examples' placeholder names, so pip clones it
-    and checks the tag out exactly as it would from a real host.
+    It stands for the repository the examples' placeholder names, so pip clones it and
+    checks the tag out exactly as it would from a real host. The files are copied into
+    a repository of its own: the checkout's git store is only read, never written.
     """
     git = ["git", "-c", "user.name=test", "-c", "user.email=test@example.org"]
-    inside = subprocess.run(
-        [*git, "-C", str(ROOT), "rev-parse", "--is-inside-work-tree"],
+    listed = subprocess.run(
+        [*git, "-C", str(ROOT), "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
         capture_output=True,
-        text=True,
         check=False,
     )
-    if inside.stdout.strip() != "true":
+    if listed.returncode != 0:
         pytest.skip("installing from git needs this checkout to be a git work tree")
-    bare = tmp_path_factory.mktemp("remote") / "immsync.git"
-    subprocess.run([*git, "init", "-q", "--bare", str(bare)], check=True)
-    # A commit of the working tree as it is (committed or not); HEAD when it is clean.
-    stashed = subprocess.run(
-        [*git, "-C", str(ROOT), "stash", "create"], capture_output=True, text=True, check=True
-    ).stdout.strip()
-    commit = stashed or "HEAD"
-    tag = f"refs/tags/v{__version__}"
-    subprocess.run(
-        [
-            *git,
-            "-C",
-            str(ROOT),
-            "push",
-            "-q",
-            str(bare),
-            f"{commit}:refs/heads/main",
-            f"{commit}:{tag}",
-        ],
-        check=True,
-    )
-    subprocess.run([*git, "-C", str(bare), "symbolic-ref", "HEAD", "refs/heads/main"], check=True)
+    work = tmp_path_factory.mktemp("release") / "immsync"
+    for name in filter(None, listed.stdout.decode().split("\0")):
+        source = ROOT / name
+        if source.is_symlink() or source.is_file():
+            (work / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, work / name, follow_symlinks=False)
+    subprocess.run([*git, "init", "-q", "-b", "main", str(work)], check=True)
+    subprocess.run([*git, "-C", str(work), "add", "-A"], check=True)
+    subprocess.run([*git, "-C", str(work), "commit", "-q", "-m", "release"], check=True)
+    subprocess.run([*git, "-C", str(work), "tag", f"v{__version__}"], check=True)
+    bare = work.parent / "immsync.git"
+    subprocess.run([*git, "clone", "-q", "--bare", str(work), str(bare)], check=True)
     return bare
 
 
