@@ -33,6 +33,7 @@ from .app.config import ASCP_JOBS, HTTPS_JOBS, Environment, connect
 from .app.run import (
     Scope,
     apply_locked,
+    forget_manifest,
     open_state,
     parse_max_delete,
     recorded_for,
@@ -367,7 +368,9 @@ def plan(
                 releases=releases,
             )
         if json_output:
-            extra = {"lock_drift": [d.to_json() for d in drift]} if pinned is not None else {}
+            extra: dict[str, Any] = {"shared_with": _shared_json(found)}
+            if pinned is not None:
+                extra["lock_drift"] = [d.to_json() for d in drift]
             answered.set()
             for chunk in iter_plan_json(
                 found.plan, problems=found.remote.problems, extra=extra
@@ -815,6 +818,59 @@ def merge_shards_command(
         )
 
 
+@app.command("forget")
+def forget_command(
+    manifest: Annotated[
+        str,
+        typer.Argument(
+            help="The manifest to retire; with --destination, the name `plan` shows for "
+            "it (its file need not exist any more).",
+            show_default=False,
+            metavar="MANIFEST",
+        ),
+    ],
+    destination: Annotated[
+        Path | None,
+        typer.Option(
+            metavar="DIR",
+            help="The destination to retire it from (default: the manifest's).",
+            show_default=False,
+            file_okay=False,
+        ),
+    ] = None,
+) -> None:
+    """Retire a manifest from its destination, so that other manifests' --prune may
+    remove the files only it selected. Its files and their records stay.
+
+    Example: immsync forget old.yaml --destination data
+    """
+    with _errors_to_exit_codes():
+        if destination is None:
+            if not Path(manifest).is_file():
+                raise UsageError(
+                    f"{manifest} is not a manifest file",
+                    hint=f"name its destination: `immsync forget {shlex.quote(manifest)} "
+                    "--destination DIR` (`immsync plan` of another manifest there shows "
+                    "the names)",
+                )
+            destination = _load(Path(manifest)).destination
+        destination = destination.absolute()
+        if not state_path(destination).is_file():
+            raise UsageError(
+                f"nothing is recorded in {destination}: no manifest to forget there",
+                hint="check the destination (the folder a manifest's `destination:` names)",
+            )
+        with DestinationLock(destination_lock_path(destination)):
+            done = forget_manifest(destination, manifest)
+        after = (
+            f"{count(done.unclaimed, 'recorded file')} no manifest selects now; "
+            "`immsync apply OTHER --prune` of a manifest there removes them"
+            if done.remaining
+            else "no other manifest is recorded there; the files stay"
+        )
+        _out(f"forgot {done.selection.label} in {destination}: {after}")
+
+
 @app.command("init")
 def init_command(
     accessions: Annotated[
@@ -939,6 +995,13 @@ def _say(line: str) -> None:
     """A line of information for people (stderr), silenced by -q."""
     if not _ctx.quiet:
         typer.echo(line, err=True)
+
+
+def _shared_json(found: Survey) -> list[dict[str, Any]]:
+    return [
+        {"manifest": s.label, "last_applied": s.last_applied, "left_alone": s.left_alone}
+        for s in found.plan.shared
+    ]
 
 
 def _make_reporter(out: _ApplyOutput, problems: tuple[str, ...]) -> Reporter:

@@ -202,6 +202,30 @@ FETCH_ACTIONS = frozenset({Action.DOWNLOAD, Action.UPDATE, Action.REPAIR})
 
 
 @dataclass(frozen=True, slots=True)
+class ManifestSelection:
+    """The files one manifest selects on a destination, as its last apply recorded them."""
+
+    label: str
+    """How the manifest is known on the destination: its file's path (see
+    ``state.manifest_label``)."""
+    paths: frozenset[str]
+    """Destination-relative paths it selected, recorded or not yet fetched."""
+    last_applied: str | None = None
+    """When an apply of it last recorded this selection (``2026-05-01T10:00:00Z``)."""
+
+
+@dataclass(frozen=True, slots=True)
+class SharedWith:
+    """Another manifest applied to the same destination, as one plan sees it."""
+
+    label: str
+    last_applied: str | None
+    left_alone: int
+    """Recorded files it selects that this plan's manifest does not: neither deleted nor
+    counted, whatever ``--prune`` says."""
+
+
+@dataclass(frozen=True, slots=True)
 class PlanItem:
     action: Action
     path: str
@@ -220,6 +244,11 @@ class Plan:
     """Facts the user should know about how the plan was made."""
     prune: bool = False
     """Whether DELETE items are carried out (``--prune``) or only kept and reported."""
+    shared: tuple[SharedWith, ...] = ()
+    """The other manifests applied to this destination, if any."""
+    left_alone: frozenset[str] = frozenset()
+    """Recorded files this manifest does not select that another one still does: not
+    items of this plan at all."""
 
     @property
     def pending(self) -> tuple[PlanItem, ...]:

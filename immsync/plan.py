@@ -7,9 +7,19 @@ changed, local checksums) and passes them in; the plan that comes back is plain 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
 
-from .model import Action, Observed, Plan, PlanItem, RemoteFile, StateEntry
+from .model import (
+    Action,
+    ManifestSelection,
+    Observed,
+    Plan,
+    PlanItem,
+    RemoteFile,
+    SharedWith,
+    StateEntry,
+)
 
 
 def make_plan(
@@ -21,6 +31,7 @@ def make_plan(
     covered: Iterable[str] = (),
     notes: Iterable[str] = (),
     prune: bool = False,
+    others: Sequence[ManifestSelection] = (),
 ) -> Plan:
     """Compare what the manifest selects upstream with what is recorded and on disk.
 
@@ -38,19 +49,30 @@ def make_plan(
             of them is no longer selected by the manifest.
         notes: facts to carry into the plan for the user.
         prune: whether DELETE items are carried out (see ``Plan.prune``).
+        others: what the other manifests applied to this destination select. A
+            recorded file one of them selects is theirs to keep: it is no item of this
+            plan (``Plan.left_alone``), and each is counted in ``Plan.shared``.
 
     Returns:
-        One item per path in ``selected`` or ``state``, sorted by path.
+        One item per path in ``selected`` or ``state`` (but those left alone), sorted
+        by path.
     """
     listed_set = frozenset(listed)
     roots = tuple(covered)
     items: list[PlanItem] = []
+    left_alone: set[str] = set()
+    kept_for: Counter[str] = Counter()
     for path in sorted(selected.keys() | state.keys()):
         remote = selected.get(path)
         entry = state.get(path)
         local = observed.get(path)
         if remote is None:
             assert entry is not None
+            holders = [other.label for other in others if path in other.paths]
+            if holders:
+                left_alone.add(path)
+                kept_for.update(holders)
+                continue
             if path in listed_set:
                 reason = "filtered out by the manifest's include/exclude/file_types"
             elif any(path == r or path.startswith(r + "/") for r in roots):
@@ -62,7 +84,16 @@ def make_plan(
             items.append(_download(remote, local))
         else:
             items.append(_compare(remote, entry, local))
-    return Plan(items=tuple(items), notes=tuple(notes), prune=prune)
+    shared = tuple(
+        SharedWith(other.label, other.last_applied, kept_for[other.label]) for other in others
+    )
+    return Plan(
+        items=tuple(items),
+        notes=tuple(notes),
+        prune=prune,
+        shared=shared,
+        left_alone=frozenset(left_alone),
+    )
 
 
 def _download(remote: RemoteFile, local: Observed | None) -> PlanItem:

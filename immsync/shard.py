@@ -14,6 +14,12 @@ and an unsharded ``apply`` does the same before it starts.
 Where two states record the same path (a path that moved between shards because the
 selection changed, or a shard that ran before a later unsharded apply), the record
 whose size and modification time match the file on disk wins, else the newest layer.
+
+Every shard records its manifest's whole selection (what the shared listing selects,
+not only its share; see ``state.StateStore.selections``), so any one shard that ran
+knows it. Where shard states record a manifest's selection, the manifest selects the
+union of theirs (one shard's listing may have seen more than another's: keeping a file
+is the safe side), and that replaces the main state's when they are merged.
 """
 
 from __future__ import annotations
@@ -30,7 +36,7 @@ from pathlib import Path
 
 from .errors import LockedError, StateError, UsageError
 from .lock import DestinationLock, describe_holder
-from .model import RemoteFile, StateEntry
+from .model import ManifestSelection, RemoteFile, StateEntry
 from .state import STATE_DIRNAME, STATE_FILENAME, StateStore, state_path
 from .statedir import private_folder
 
@@ -187,10 +193,43 @@ def combine(
     return result
 
 
+def combine_selections(
+    main: Mapping[str, ManifestSelection], shards: Sequence[Mapping[str, ManifestSelection]]
+) -> dict[str, ManifestSelection]:
+    """What each manifest selects, from the main state's selections and the shards'.
+
+    A manifest some shard state records selects the union of what the shard states
+    record for it, last applied when the latest of them ran; any other, what the main
+    state records.
+    """
+    result = dict(main)
+    from_shards: dict[str, list[ManifestSelection]] = {}
+    for layer in shards:
+        for label, selection in layer.items():
+            from_shards.setdefault(label, []).append(selection)
+    for label, found in from_shards.items():
+        stamps = [s.last_applied for s in found if s.last_applied is not None]
+        result[label] = ManifestSelection(
+            label,
+            frozenset().union(*(s.paths for s in found)),
+            max(stamps) if stamps else None,
+        )
+    return result
+
+
+Layer = tuple[dict[str, StateEntry], dict[str, ManifestSelection]]
+"""One state's records and selections."""
+
+
+def read_layer(path: Path) -> Layer:
+    """The records and selections of the state at *path* (none if it does not exist)."""
+    with StateStore.open(path, create=False) as store:
+        return store.entries(), store.selections()
+
+
 def read_entries(path: Path) -> dict[str, StateEntry]:
     """The records of the state at *path* (none if it does not exist)."""
-    with StateStore.open(path, create=False) as store:
-        return store.entries()
+    return read_layer(path)[0]
 
 
 def all_entries(destination: Path, main: Mapping[str, StateEntry]) -> dict[str, StateEntry]:
@@ -200,32 +239,57 @@ def all_entries(destination: Path, main: Mapping[str, StateEntry]) -> dict[str, 
     return combine(destination, layers)
 
 
-class LayeredStateStore(StateStore):
-    """A state whose ``entries`` also show, read-only, the records of other states.
+def all_selections(
+    destination: Path, main: Mapping[str, ManifestSelection]
+) -> dict[str, ManifestSelection]:
+    """The main state's selections (*main*) with every shard state's, combined."""
+    shards = existing_shards(destination)
+    return combine_selections(
+        main, [read_layer(shard_state_path(destination, s))[1] for s in shards]
+    )
 
-    Writes (``record``, ``forget``, staging) go to this state's own database only. Open
-    it with ``open_layered``.
+
+class LayeredStateStore(StateStore):
+    """A state whose ``entries`` and ``selections`` also show, read-only, other states'.
+
+    Writes (``record``, ``forget``, ``replace_selection``, staging) go to this state's
+    own database only. Open it with ``open_layered``.
     """
 
     destination: Path
     beneath: Mapping[str, StateEntry]
+    main_selections: Mapping[str, ManifestSelection] | None
+    """The main state's, when this is a shard's state; None when this is the main one."""
+    shard_selections: Sequence[Mapping[str, ManifestSelection]]
+    """The other shard states'."""
 
     def entries(self) -> dict[str, StateEntry]:
         return combine(self.destination, [self.beneath, super().entries()])
+
+    def selections(self) -> dict[str, ManifestSelection]:
+        own = super().selections()
+        if self.main_selections is None:
+            return combine_selections(own, self.shard_selections)
+        return combine_selections(self.main_selections, [*self.shard_selections, own])
 
 
 def open_layered(
     path: Path,
     *,
     destination: Path,
-    beneath: Sequence[Mapping[str, StateEntry]],
+    beneath: Sequence[Layer],
     create: bool,
+    main: Layer | None = None,
 ) -> LayeredStateStore:
-    """Open the state at *path* over the records of *beneath* (lowest first)."""
+    """Open the state at *path* over the shard states *beneath* (lowest first) and,
+    when *path* is a shard's, the *main* state (lowest of all)."""
     store = LayeredStateStore.open(path, create=create)
     assert isinstance(store, LayeredStateStore)
+    layers = list(beneath) if main is None else [main, *beneath]
     store.destination = destination
-    store.beneath = combine(destination, beneath)
+    store.beneath = combine(destination, [entries for entries, _ in layers])
+    store.main_selections = None if main is None else main[1]
+    store.shard_selections = [selections for _, selections in beneath]
     return store
 
 
@@ -237,12 +301,12 @@ def open_shard_state(destination: Path, shard: Shard, *, create: bool = True) ->
     read, and a state another shard is creating at this very moment may not be
     readable yet: it is skipped, which costs at worst a transfer, never a wrong record.
     """
-    beneath = [read_entries(state_path(destination)), *_other_shards(destination, shard)]
     return open_layered(
         shard_state_path(destination, shard),
         destination=destination,
-        beneath=beneath,
+        beneath=_other_shards(destination, shard),
         create=create,
+        main=read_layer(state_path(destination)),
     )
 
 
@@ -254,14 +318,14 @@ def open_main_with_shards(destination: Path) -> LayeredStateStore:
     )
 
 
-def _other_shards(destination: Path, shard: Shard | None) -> list[dict[str, StateEntry]]:
-    """The records of every shard but *shard*, skipping a state not readable (yet)."""
+def _other_shards(destination: Path, shard: Shard | None) -> list[Layer]:
+    """The states of every shard but *shard*, skipping a state not readable (yet)."""
     found = []
     for other in existing_shards(destination):
         if other == shard:
             continue
         try:
-            found.append(read_entries(shard_state_path(destination, other)))
+            found.append(read_layer(shard_state_path(destination, other)))
         except StateError as exc:
             log.warning("not reading the state of shard %s: %s", other, exc.message)
     return found
@@ -302,10 +366,13 @@ def merge_shards(destination: Path, main: StateStore) -> MergeResult:
                     hint="merge the shards once every task of the array has finished",
                 ) from None
         current = main.entries()
-        layers = [current, *(read_entries(shard_state_path(destination, s)) for s in shards)]
-        combined = combine(destination, layers)
+        shard_layers = [read_layer(shard_state_path(destination, s)) for s in shards]
+        combined = combine(destination, [current, *(entries for entries, _ in shard_layers)])
         changed = [combined[p] for p in sorted(combined) if current.get(p) != combined[p]]
         main.record(changed)
+        folded = combine_selections({}, [selections for _, selections in shard_layers])
+        for selection in folded.values():
+            main.replace_selection(selection)
         for shard in shards:
             folder = shard_dir(destination, shard)
             for name in (STATE_FILENAME, STATE_FILENAME + "-wal", STATE_FILENAME + "-shm"):

@@ -9,6 +9,12 @@ The database lives at ``<destination>/.immsync/state.sqlite``. It is versioned w
 ``PRAGMA user_version`` and marked with ``PRAGMA application_id`` so that a foreign or
 future file is refused instead of silently replaced: an empty state would mean
 re-downloading everything.
+
+Version 2 adds which manifest selects which file, so that several manifests can share
+one destination without pruning each other's files: ``manifests`` (one row per
+manifest applied here, known by ``manifest_label``) and ``selections`` (manifest,
+path). A version-1 state is upgraded in place, in one transaction, the first time it
+is opened for writing; opened only to read, it is read as it is (it selects nothing).
 """
 
 from __future__ import annotations
@@ -16,17 +22,18 @@ from __future__ import annotations
 import contextlib
 import sqlite3
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Collection, Iterable, Iterator, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
 
 from .errors import StateError
-from .model import StateEntry
+from .model import ManifestSelection, StateEntry
 from .paths import unsafe_reason
 from .statedir import STATE_DIRNAME as STATE_DIRNAME
 from .statedir import check_file_or_absent, private_folder
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 # "IMSY" as a big-endian int: lets us tell our database from any other SQLite file.
 APPLICATION_ID = 0x494D5359
 _SQLITE_SIDECARS = ("-journal", "-wal", "-shm")
@@ -60,6 +67,36 @@ _STAGING_TABLE = """CREATE TABLE staging (
 ) WITHOUT ROWID"""
 
 
+# Which manifests were applied to the destination, and what each selected (version 2).
+_MANIFESTS_TABLE = """CREATE TABLE manifests (
+    id INTEGER PRIMARY KEY,
+    label TEXT NOT NULL UNIQUE,
+    applied_at TEXT
+)"""
+_SELECTIONS_TABLE = """CREATE TABLE selections (
+    manifest INTEGER NOT NULL REFERENCES manifests(id),
+    path TEXT NOT NULL,
+    PRIMARY KEY (manifest, path)
+) WITHOUT ROWID"""
+
+
+def manifest_label(manifest_file: Path) -> str:
+    """How a manifest is known on a destination: its file's absolute path.
+
+    Its folder is resolved (symbolic links, ``..``), so the same file run from any
+    working directory gets the same label; its own name is kept as given, so a
+    manifest that is a link keeps its identity when the link is pointed elsewhere.
+    A manifest moved or renamed is another manifest (``immsync forget`` retires the
+    old name).
+    """
+    absolute = manifest_file.absolute()
+    return str(absolute.parent.resolve() / absolute.name)
+
+
+def utc_now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
 def state_path(destination: Path) -> Path:
     return destination / STATE_DIRNAME / STATE_FILENAME
 
@@ -76,6 +113,8 @@ class StateStore:
         self._db = connection
         self.path = path
         self._write_lock = threading.Lock()
+        # False for a version-1 state opened only to read: it selects nothing.
+        self._has_selections = True
 
     @classmethod
     def open(cls, path: Path, *, create: bool = True) -> StateStore:
@@ -173,8 +212,15 @@ class StateStore:
             )
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
+        if version < 2:
+            if create:
+                self._upgrade_to_2()
+            else:
+                self._has_selections = False
         # Touch the tables so that a damaged page surfaces here, as a StateError.
         self._db.execute("SELECT count(*) FROM files").fetchone()
+        if self._has_selections:
+            self._db.execute("SELECT count(*) FROM selections").fetchone()
         has_staging = self._db.execute(
             "SELECT count(*) FROM sqlite_master WHERE type='table' AND name='staging'"
         ).fetchone()[0]
@@ -186,6 +232,24 @@ class StateStore:
             with contextlib.suppress(sqlite3.OperationalError):
                 self._db.execute(_STAGING_TABLE)
         return True
+
+    def _upgrade_to_2(self) -> None:
+        """Add the manifests and their selections to a version-1 state, in one go.
+
+        One transaction: a crash leaves version 1, whole. The version is read again
+        inside it, since another run may have upgraded the file meanwhile.
+        """
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            (version,) = self._db.execute("PRAGMA user_version").fetchone()
+            if version < 2:
+                self._db.execute(_MANIFESTS_TABLE)
+                self._db.execute(_SELECTIONS_TABLE)
+                self._db.execute("PRAGMA user_version=2")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
 
     def _initialise(self) -> None:
         # WAL: readers (status, verify) never block the writer (apply), and a commit
@@ -206,6 +270,8 @@ class StateStore:
             ) WITHOUT ROWID"""
         )
         self._db.execute(_STAGING_TABLE)
+        self._db.execute(_MANIFESTS_TABLE)
+        self._db.execute(_SELECTIONS_TABLE)
         self._db.execute(f"PRAGMA application_id={APPLICATION_ID}")
         self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         self._db.execute("COMMIT")
@@ -266,6 +332,93 @@ class StateStore:
         rows = [(p,) for p in paths]
         if rows:
             self._write("DELETE FROM files WHERE path = ?", rows)
+
+    def selections(self) -> dict[str, ManifestSelection]:
+        """What each manifest applied to this destination selects, by label.
+
+        Raises:
+            StateError: the state is corrupt.
+        """
+        if not self._has_selections:
+            return {}
+        found: dict[str, tuple[str | None, set[str]]] = {}
+        try:
+            rows = self._db.execute(
+                "SELECT m.label, m.applied_at, s.path FROM manifests AS m "
+                "LEFT JOIN selections AS s ON s.manifest = m.id"
+            )
+            for label, applied_at, path in rows:
+                paths = found.setdefault(label, (applied_at, set()))[1]
+                if path is not None:
+                    paths.add(path)
+        except sqlite3.DatabaseError as exc:
+            raise StateError(
+                f"the state file {self.path} is corrupt: {exc}",
+                hint=_REBUILD_HINT.format(path=self.path),
+            ) from exc
+        return {
+            label: ManifestSelection(label, frozenset(paths), applied_at)
+            for label, (applied_at, paths) in found.items()
+        }
+
+    def replace_selection(self, selection: ManifestSelection) -> None:
+        """Make *selection* what its manifest selects here, stamped with its
+        ``last_applied`` (now, if None). Rows are changed only where they differ, so a
+        no-op run over 100,000 selected files writes almost nothing."""
+        applied_at = selection.last_applied or utc_now()
+        with self._write_lock, self._transaction():
+            self._db.execute(
+                "INSERT INTO manifests (label, applied_at) VALUES (?, ?) "
+                "ON CONFLICT (label) DO UPDATE SET applied_at = excluded.applied_at",
+                (selection.label, applied_at),
+            )
+            (manifest_id,) = self._db.execute(
+                "SELECT id FROM manifests WHERE label = ?", (selection.label,)
+            ).fetchone()
+            current = {
+                row[0]
+                for row in self._db.execute(
+                    "SELECT path FROM selections WHERE manifest = ?", (manifest_id,)
+                )
+            }
+            self._db.executemany(
+                "DELETE FROM selections WHERE manifest = ? AND path = ?",
+                [(manifest_id, p) for p in current - selection.paths],
+            )
+            self._db.executemany(
+                "INSERT INTO selections (manifest, path) VALUES (?, ?)",
+                [(manifest_id, p) for p in selection.paths - current],
+            )
+
+    def forget_manifests(self, labels: Collection[str]) -> None:
+        """Drop the manifests named *labels* and everything they selected."""
+        if not labels or not self._has_selections:
+            return
+        with self._write_lock, self._transaction():
+            for label in labels:
+                row = self._db.execute(
+                    "SELECT id FROM manifests WHERE label = ?", (label,)
+                ).fetchone()
+                if row is not None:
+                    self._db.execute("DELETE FROM selections WHERE manifest = ?", row)
+                    self._db.execute("DELETE FROM manifests WHERE id = ?", row)
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[None]:
+        """One write transaction (the caller holds ``_write_lock``)."""
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+        except sqlite3.OperationalError as exc:
+            raise StateError(
+                f"cannot write the state file {self.path}: {exc}",
+                hint="check free space and permissions on the destination",
+            ) from exc
 
     def claim_staging(self, files: Sequence[tuple[str, int, str, str | None]]) -> list[str]:
         """Note which upstream version of each file is about to be staged.

@@ -20,17 +20,20 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import LockDrift, StateError, UsageError
 from ..lockfile import LockFile, PinnedCatalog, compare, lock_path
-from ..model import Manifest, Report, StateEntry
+from ..model import Manifest, ManifestSelection, Report, StateEntry
 from ..ports import Reporter
 from ..shard import (
     Shard,
     all_entries,
+    all_selections,
+    existing_shards,
+    merge_shards,
     open_main_with_shards,
     open_shard_state,
     shard_staging,
     share_of,
 )
-from ..state import StateStore, state_path
+from ..state import StateStore, manifest_label, state_path
 from ..sync import Applier, Survey, SyncOptions, survey
 from ..units import count
 from .config import HTTPS_JOBS, Environment
@@ -236,7 +239,9 @@ def signals_cancel(cancel: threading.Event, transfer: Any) -> Iterator[list[int]
 
 
 def recorded_for(loaded: Manifest, manifest: Path) -> dict[str, StateEntry]:
-    """What the state records for this manifest's studies (every shard's too).
+    """What the state records for this manifest (every shard's too): the files of its
+    studies that its last apply selected, or every file of its studies where no apply
+    recorded its selection (a state from before selections were recorded).
 
     Raises:
         StateError: the destination is not a folder.
@@ -251,8 +256,17 @@ def recorded_for(loaded: Manifest, manifest: Path) -> dict[str, StateEntry]:
         )
     with open_state(loaded, create=False) as store:
         entries = all_entries(destination, store.entries())
+        selection = all_selections(destination, store.selections()).get(
+            manifest_label(loaded.source)
+        )
+    # The studies too: a manifest edited since its last apply checks only what it
+    # still names.
     studies = tuple(study.accession + "/" for study in loaded.studies)
-    mine = {path: entry for path, entry in entries.items() if path.startswith(studies)}
+    mine = {
+        path: entry
+        for path, entry in entries.items()
+        if path.startswith(studies) and (selection is None or path in selection.paths)
+    }
     if not mine:
         from ..errors import ChecksumMismatch
 
@@ -262,3 +276,48 @@ def recorded_for(loaded: Manifest, manifest: Path) -> dict[str, StateEntry]:
             hint=f"run `immsync apply {manifest}` first",
         )
     return mine
+
+
+@dataclass(frozen=True, slots=True)
+class Forgotten:
+    """A manifest retired from a destination (``immsync forget``)."""
+
+    selection: ManifestSelection
+    """What it selected there."""
+    unclaimed: int
+    """Recorded files no remaining manifest selects: ``--prune`` may now remove them."""
+    remaining: tuple[str, ...]
+    """The manifests still applied to the destination."""
+
+
+def forget_manifest(destination: Path, name: str) -> Forgotten:
+    """Retire the manifest called *name* on *destination*: what it selected no longer
+    keeps files from other manifests' ``--prune``. Its files stay, and stay recorded.
+
+    *name* is the label ``plan`` shows, or a path to the manifest file. Shard states
+    are merged first, so that none of them still holds its selection. The caller holds
+    the destination's lock.
+
+    Raises:
+        UsageError: no manifest of that name is recorded there.
+        LockedError: a shard still runs.
+    """
+    with StateStore.open(state_path(destination), create=True) as store:
+        if existing_shards(destination):
+            merge_shards(destination, store)
+        selections = store.selections()
+        wanted = {name, manifest_label(Path(name))}
+        found = [selections[label] for label in sorted(selections) if label in wanted]
+        if not found:
+            known = ", ".join(sorted(selections)) or "none"
+            raise UsageError(
+                f"no manifest called {name} is recorded in {destination} "
+                f"(recorded: {known})",
+                hint="name it as `immsync plan` of another manifest there shows it",
+            )
+        forgotten = found[0]
+        store.forget_manifests([forgotten.label])
+        remaining = {label: s for label, s in selections.items() if label != forgotten.label}
+        claimed = frozenset().union(*(s.paths for s in remaining.values()))
+        unclaimed = sum(1 for p in store.entries() if p not in claimed)
+    return Forgotten(forgotten, unclaimed, tuple(sorted(remaining)))

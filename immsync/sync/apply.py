@@ -149,6 +149,10 @@ class Applier:
             return report
         deletions = plan.to_delete
         self._check_delete_guard(deletions, len(found.state))
+        if found.selection is not None:
+            # Before any transfer: a file fetched is then never left unclaimed, for
+            # another manifest on this destination to prune, even if the run stops.
+            self.store.replace_selection(found.selection)
         self._refresh_fingerprints(plan, found)
         fetches = plan.to_fetch
         if fetches:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import shlex
 import stat
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -22,9 +23,11 @@ from ..errors import (
 from ..hashing import file_digests
 from ..model import (
     Manifest,
+    ManifestSelection,
     Observed,
     Plan,
     RemoteFile,
+    SharedWith,
     StateEntry,
     StudySelection,
     file_type_of,
@@ -32,8 +35,8 @@ from ..model import (
 from ..paths import resolve_inside, unsafe_reason
 from ..plan import make_plan, needs_hash
 from ..ports import RemoteCatalog
-from ..state import StateStore
-from ..units import format_size, parse_utc
+from ..state import StateStore, manifest_label
+from ..units import count, format_size, parse_utc
 
 log = logging.getLogger(__name__)
 
@@ -454,7 +457,10 @@ class Survey:
     plan: Plan
     remote: RemoteView
     state: dict[str, StateEntry]
+    """The records this plan is about: not those left alone (``Plan.left_alone``)."""
     observed: dict[str, Observed | None]
+    selection: ManifestSelection | None = None
+    """What this manifest selects now, for ``apply`` to record once it goes ahead."""
 
 
 def check_prune(
@@ -515,7 +521,10 @@ def survey(
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="immsync-local") as local:
         gathering = local.submit(_recorded_and_observed, destination, store, share is None)
         remote = survey_remote(manifest, catalog, workers=list_workers, checksums=all_checksums)
-    recorded, observed = gathering.result()
+    recorded, observed, selections = gathering.result()
+    label = manifest_label(manifest.source)
+    selection = _selection_now(label, remote, selections.get(label))
+    others = tuple(selections[other] for other in sorted(selections) if other != label)
     if is_case_insensitive(destination):
         remote = drop_case_collisions(remote)
     mine: Collection[str] | None = None
@@ -534,7 +543,7 @@ def survey(
     unobserved = (selected.keys() | state.keys()) - observed.keys()
     observed.update(observe_local(destination, state, unobserved))
     def plan_now() -> Plan:
-        return make_plan(
+        made = make_plan(
             selected,
             state,
             observed,
@@ -542,11 +551,18 @@ def survey(
             covered=remote.covered,
             notes=remote.notes,
             prune=prune,
+            others=others,
         )
+        sharing = [_shared_note(shared, destination) for shared in made.shared]
+        return replace(made, notes=(*made.notes, *sharing)) if sharing else made
+
+    def surveyed(plan: Plan) -> Survey:
+        planned = {p: e for p, e in state.items() if p not in plan.left_alone}
+        return Survey(plan, remote, planned, observed, selection)
 
     plan = plan_now()
     if not plan.to_fetch:
-        return Survey(plan=plan, remote=remote, state=state, observed=observed)
+        return surveyed(plan)
     if not all_checksums:
         studies = sorted({item.path.partition("/")[0] for item in plan.to_fetch})
         # Let the draft plan and the listing's records go before the MD5s come in: at
@@ -561,15 +577,41 @@ def survey(
         state.update((e.path, e) for e in adopted)
         log.info("adopted %d local file(s) that match upstream", len(adopted))
     # Again, with the MD5s: they may turn up more changes, and verify what is fetched.
-    plan = plan_now()
-    return Survey(plan=plan, remote=remote, state=state, observed=observed)
+    return surveyed(plan_now())
 
 
 def _recorded_and_observed(
     destination: Path, store: StateStore, observe: bool
-) -> tuple[dict[str, StateEntry], dict[str, Observed | None]]:
+) -> tuple[dict[str, StateEntry], dict[str, Observed | None], dict[str, ManifestSelection]]:
     recorded = store.entries()
-    return recorded, observe_local(destination, recorded, recorded.keys()) if observe else {}
+    observed = observe_local(destination, recorded, recorded.keys()) if observe else {}
+    return recorded, observed, store.selections()
+
+
+def _selection_now(
+    label: str, remote: RemoteView, previous: ManifestSelection | None
+) -> ManifestSelection:
+    """What the manifest selects by this listing; below a root that could not be
+    listed, what it selected before (its records there are left alone too)."""
+    kept = {p for p in previous.paths if remote.is_unlisted(p)} if previous else set()
+    return ManifestSelection(label, frozenset(remote.selected.keys() | kept))
+
+
+def _shared_note(shared: SharedWith, destination: Path) -> str:
+    when = f"last applied {shared.last_applied}" if shared.last_applied else "never applied"
+    note = (
+        f"the destination is shared with {shared.label} ({when}): "
+        f"{count(shared.left_alone, 'recorded file')} it selects and this manifest does "
+        "not are left alone"
+    )
+    if not Path(shared.label).is_file():
+        note += (
+            f"; {shared.label} no longer exists: if it moved or is retired, run `immsync "
+            f"forget {shlex.quote(shared.label)} --destination {shlex.quote(str(destination))}` "
+            "so that "
+            "--prune removes what no manifest selects"
+        )
+    return note
 
 
 def _mine(
