@@ -326,6 +326,64 @@ class TestVersion1States:
         assert plan_json(world, b, "--prune")["actions"] == []
 
 
+class TestShards:
+    def shards(self, world: World, manifest: Path, *which: int) -> None:
+        for k in which:
+            result = apply(world, manifest, "--shard", f"{k}/2")
+            assert result.exit_code == 0, result.output
+
+    def test_shards_selections_count_before_and_after_merging(self, today: World) -> None:
+        a = write(today, "a.yaml", SDY1_STUDYFILES)
+        b = write(today, "b.yaml", SDY269)
+        assert apply(today, a).exit_code == 0
+        self.shards(today, b, 1, 2)
+        # Not merged yet: the shard states say what b selects.
+        assert run(today, "plan", a, "--prune", "--detailed-exitcode").exit_code == 0
+        [shared] = plan_json(today, a)["shared_with"]
+        assert shared["manifest"] == str(b)
+        assert shared["left_alone"] == len(sdy269_files(today))
+        status = run(today, "status", b, "--json")
+        assert {f["path"] for f in status.json()["files"]} == sdy269_files(today)
+        assert today.run("merge-shards", str(b)).exit_code == 0
+        assert selections(today)[str(b)] == sdy269_files(today)
+        assert run(today, "plan", a, "--prune", "--detailed-exitcode").exit_code == 0
+        # A sharded run that selects less replaces b's selection when merged.
+        write(today, "b.yaml", "  - accession: SDY269\n    paths: [StudyFiles]\n")
+        self.shards(today, b, 1, 2)
+        assert today.run("merge-shards", str(b)).exit_code == 0
+        assert selections(today)[str(b)] == {"SDY269/StudyFiles/SDY269_summary.txt"}
+
+    def test_one_shard_alone_keeps_the_whole_selection(self, pair: tuple[World, Path, Path]) -> None:
+        world, a, b = pair
+        # Each shard records b's whole selection, not its share: merging shard 1 alone
+        # leaves no file of shard 2's share unclaimed, for a's prune to take.
+        self.shards(world, b, 1)
+        assert world.run("merge-shards", str(b)).exit_code == 0
+        assert selections(world)[str(b)] == sdy269_files(world)
+        assert run(world, "plan", a, "--prune", "--detailed-exitcode").exit_code == 0
+
+    def test_a_shard_reads_a_version_1_main_state_and_the_merge_upgrades_it(
+        self, pair: tuple[World, Path, Path]
+    ) -> None:
+        world, a, b = pair
+        state = state_path(world.dest)
+        with sqlite3.connect(state) as db:
+            rows = list(db.execute("SELECT * FROM files"))
+        for suffix in ("", "-wal", "-shm"):
+            state.with_name(state.name + suffix).unlink(missing_ok=True)
+        make_version_1(state, rows)
+        result = apply(world, b, "--shard", "1/2", "--json")
+        assert result.exit_code == 0, result.output
+        assert json.loads(result.stdout.splitlines()[-1])["result"]["counts"]["download"] == 0
+        assert user_version(state) == 1
+        assert world.run("merge-shards", str(b)).exit_code == 0
+        assert user_version(state) == 2
+        assert set(selections(world)) == {str(b)}
+        assert run(world, "plan", b, "--prune", "--detailed-exitcode").exit_code == (
+            ExitCode.CHANGES_PENDING
+        ), "a's files are still claimed by no manifest, as in a version-1 state"
+
+
 def test_the_label_is_the_absolute_path_with_its_folder_resolved(tmp_path: Path) -> None:
     real = tmp_path / "real"
     real.mkdir()
