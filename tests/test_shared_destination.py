@@ -326,6 +326,28 @@ class TestVersion1States:
         assert plan_json(world, b, "--prune")["actions"] == []
 
 
+    def test_an_upgrade_that_fails_leaves_version_1_whole(
+        self, pair: tuple[World, Path, Path]
+    ) -> None:
+        world, a, b = pair
+        rows = self.rows(world)
+        state = state_path(world.dest)
+        for suffix in ("", "-wal", "-shm"):
+            state.with_name(state.name + suffix).unlink(missing_ok=True)
+        make_version_1(state, rows)
+        with sqlite3.connect(state) as db:
+            # Makes the upgrade's second step fail, after its first.
+            db.execute("CREATE TABLE selections (x)")
+        result = apply(world, a)
+        assert result.exit_code == ExitCode.LOCAL, result.output
+        assert "Traceback" not in result.output and "hint:" in result.stderr
+        assert user_version(state) == 1
+        with sqlite3.connect(state) as db:
+            tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master")}
+        assert "manifests" not in tables
+        assert self.rows(world) == rows
+
+
 class TestShards:
     def shards(self, world: World, manifest: Path, *which: int) -> None:
         for k in which:
