@@ -266,8 +266,10 @@ class LayeredStateStore(StateStore):
     def entries(self) -> dict[str, StateEntry]:
         return combine(self.destination, [self.beneath, super().entries()])
 
-    def selections(self) -> dict[str, ManifestSelection]:
-        own = super().selections()
+    def selections(
+        self, *, paths_of: Callable[[str], bool] | None = None
+    ) -> dict[str, ManifestSelection]:
+        own = super().selections(paths_of=paths_of)
         if self.main_selections is None:
             return combine_selections(own, self.shard_selections)
         return combine_selections(self.main_selections, [*self.shard_selections, own])

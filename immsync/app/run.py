@@ -256,8 +256,9 @@ def recorded_for(loaded: Manifest, manifest: Path) -> dict[str, StateEntry]:
         )
     with open_state(loaded, create=False) as store:
         entries = all_entries(destination, store.entries())
-        selection = all_selections(destination, store.selections()).get(
-            manifest_label(loaded.source)
+        label = manifest_label(loaded.source)
+        selection = all_selections(destination, store.selections(paths_of=label.__eq__)).get(
+            label
         )
     # The studies too: a manifest edited since its last apply checks only what it
     # still names.

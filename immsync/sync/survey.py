@@ -518,13 +518,18 @@ def survey(
     # listing, which spends most of its time waiting on the network: gather it
     # meanwhile. On a large mirror both take seconds. A shard observes only its share,
     # which it knows once the listing is in.
+    label = manifest_label(manifest.source)
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="immsync-local") as local:
-        gathering = local.submit(_recorded_and_observed, destination, store, share is None)
+        gathering = local.submit(
+            _recorded_and_observed, destination, store, share is None, label
+        )
         remote = survey_remote(manifest, catalog, workers=list_workers, checksums=all_checksums)
     recorded, observed, selections = gathering.result()
-    label = manifest_label(manifest.source)
-    selection = _selection_now(label, remote, selections.get(label))
     others = tuple(selections[other] for other in sorted(selections) if other != label)
+    previous = None
+    if remote.failed_roots and label in selections:
+        previous = store.selections(paths_of=label.__eq__)[label]
+    selection = _selection_now(label, remote, previous)
     if is_case_insensitive(destination):
         remote = drop_case_collisions(remote)
     mine: Collection[str] | None = None
@@ -581,11 +586,13 @@ def survey(
 
 
 def _recorded_and_observed(
-    destination: Path, store: StateStore, observe: bool
+    destination: Path, store: StateStore, observe: bool, label: str
 ) -> tuple[dict[str, StateEntry], dict[str, Observed | None], dict[str, ManifestSelection]]:
+    """The records, their files on disk, and what the other manifests select (this
+    manifest's own selection is needed only where a listing fails: read then)."""
     recorded = store.entries()
     observed = observe_local(destination, recorded, recorded.keys()) if observe else {}
-    return recorded, observed, store.selections()
+    return recorded, observed, store.selections(paths_of=label.__ne__)
 
 
 def _selection_now(
