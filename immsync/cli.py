@@ -198,8 +198,8 @@ PruneOpt = Annotated[
     bool,
     typer.Option(
         "--prune",
-        help="Delete recorded files the manifest no longer selects (without it they "
-        "are kept, and reported).",
+        help="Delete recorded files the manifest no longer selects, nor any other "
+        "manifest applied to the destination (without it they are kept, and reported).",
         rich_help_panel="Deleting",
     ),
 ]

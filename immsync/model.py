@@ -206,8 +206,8 @@ class ManifestSelection:
     """The files one manifest selects on a destination, as its last apply recorded them."""
 
     label: str
-    """How the manifest is known on the destination: its file's path (see
-    ``state.manifest_label``)."""
+    """How the manifest is known on the destination (``state.manifest_label``), or
+    where shown to users, its file's absolute path (``state.shown_label``)."""
     paths: frozenset[str]
     """Destination-relative paths it selected, recorded or not yet fetched."""
     last_applied: str | None = None

@@ -80,17 +80,36 @@ _SELECTIONS_TABLE = """CREATE TABLE selections (
 ) WITHOUT ROWID"""
 
 
-def manifest_label(manifest_file: Path) -> str:
-    """How a manifest is known on a destination: its file's absolute path.
+def manifest_label(manifest_file: Path, destination: Path) -> str:
+    """How a manifest is known on *destination*, as the state records it.
 
-    Its folder is resolved (symbolic links, ``..``), so the same file run from any
-    working directory gets the same label; its own name is kept as given, so a
+    Its path relative to the destination's parent folder when it lies below that
+    folder (``manifest.yaml`` beside ``data/``): a project folder moved, copied or
+    checked out elsewhere with its destination (a CI cache) keeps its manifests'
+    identities. Any other manifest is known by its absolute path. Folders are
+    resolved (symbolic links, ``..``), so the same file run from any working
+    directory gets the same label; the file's own name is kept as given, so a
     manifest that is a link keeps its identity when the link is pointed elsewhere.
-    A manifest moved or renamed is another manifest (``immsync forget`` retires the
-    old name).
+    A manifest moved or renamed otherwise is another manifest (``immsync forget``
+    retires the old name). ``shown_label`` is the label as users see it.
     """
     absolute = manifest_file.absolute()
-    return str(absolute.parent.resolve() / absolute.name)
+    path = absolute.parent.resolve() / absolute.name
+    try:
+        return path.relative_to(_home(destination)).as_posix()
+    except ValueError:
+        return str(path)
+
+
+def shown_label(label: str, destination: Path) -> str:
+    """The manifest file a recorded *label* names: an absolute path."""
+    return label if Path(label).is_absolute() else str(_home(destination) / label)
+
+
+def _home(destination: Path) -> Path:
+    """The destination's parent folder, resolved (the destination itself need not exist,
+    and may be a link: it is named as the manifest names it)."""
+    return destination.absolute().parent.resolve()
 
 
 def utc_now() -> str:

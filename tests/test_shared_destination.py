@@ -15,7 +15,7 @@ import pytest
 from conftest import CliResult, World
 
 from immsync.errors import ExitCode
-from immsync.state import StateStore, manifest_label, state_path
+from immsync.state import StateStore, manifest_label, shown_label, state_path
 
 HEAD = "version: 1\ndestination: data\nstudies:\n"
 SDY1_STUDYFILES = "  - accession: SDY1\n    paths: [StudyFiles]\n"
@@ -49,8 +49,10 @@ def plan_json(world: World, manifest: Path, *extra: str) -> dict[str, Any]:
 
 
 def selections(world: World) -> dict[str, frozenset[str]]:
+    """What each manifest selects, by its file's absolute path."""
     with StateStore.open(state_path(world.dest), create=False) as store:
-        return {label: s.paths for label, s in store.selections().items()}
+        found = store.selections().items()
+    return {shown_label(label, world.dest): s.paths for label, s in found}
 
 
 def user_version(path: Path) -> int:
@@ -409,11 +411,32 @@ class TestShards:
         ), "a's files are still claimed by no manifest, as in a version-1 state"
 
 
-def test_the_label_is_the_absolute_path_with_its_folder_resolved(tmp_path: Path) -> None:
+def test_a_label_names_the_file_whichever_way_it_is_reached(tmp_path: Path) -> None:
     real = tmp_path / "real"
     real.mkdir()
     (tmp_path / "via").symlink_to(real)
     (real / "target.yaml").write_text("")
     (real / "m.yaml").symlink_to(real / "target.yaml")
-    assert manifest_label(tmp_path / "via" / "m.yaml") == str(real / "m.yaml")
-    assert manifest_label(tmp_path / "via" / ".." / "real" / "m.yaml") == str(real / "m.yaml")
+    elsewhere = tmp_path / "elsewhere" / "data"
+    for name in (tmp_path / "via" / "m.yaml", tmp_path / "via" / ".." / "real" / "m.yaml"):
+        # Beside its destination: relative to the destination's folder, the link kept.
+        assert manifest_label(name, real / "data") == "m.yaml"
+        assert manifest_label(name, tmp_path / "via" / "data") == "m.yaml"
+        assert manifest_label(name, tmp_path / "data") == "real/m.yaml"
+        # Anywhere else: its absolute path.
+        assert manifest_label(name, elsewhere) == str(real / "m.yaml")
+    assert shown_label("m.yaml", tmp_path / "via" / "data") == str(real / "m.yaml")
+    assert shown_label(str(real / "m.yaml"), elsewhere) == str(real / "m.yaml")
+
+
+def test_a_project_moved_with_its_destination_keeps_its_manifests(
+    pair: tuple[World, Path, Path],
+) -> None:
+    world, a, b = pair
+    moved = world.root.parent / "moved"
+    world.root.rename(moved)
+    result = world.run("plan", str(moved / "b.yaml"), "--json", "--prune", "--detailed-exitcode")
+    assert result.exit_code == 0, result.output
+    [shared] = result.json()["shared_with"]
+    assert shared["manifest"] == str(moved / "a.yaml") and shared["left_alone"] == 2
+    assert not any("no longer exists" in note for note in result.json()["notes"])

@@ -12,7 +12,7 @@ import signal
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
@@ -33,7 +33,7 @@ from ..shard import (
     shard_staging,
     share_of,
 )
-from ..state import StateStore, manifest_label, state_path
+from ..state import StateStore, manifest_label, shown_label, state_path
 from ..sync import Applier, Survey, SyncOptions, survey
 from ..units import count
 from .config import HTTPS_JOBS, Environment
@@ -256,7 +256,7 @@ def recorded_for(loaded: Manifest, manifest: Path) -> dict[str, StateEntry]:
         )
     with open_state(loaded, create=False) as store:
         entries = all_entries(destination, store.entries())
-        label = manifest_label(loaded.source)
+        label = manifest_label(loaded.source, destination)
         selection = all_selections(destination, store.selections(paths_of=label.__eq__)).get(
             label
         )
@@ -307,18 +307,18 @@ def forget_manifest(destination: Path, name: str) -> Forgotten:
         if existing_shards(destination):
             merge_shards(destination, store)
         selections = store.selections()
-        wanted = {name, manifest_label(Path(name))}
-        found = [selections[label] for label in sorted(selections) if label in wanted]
+        wanted = {name, manifest_label(Path(name), destination)}
+        found = [label for label in sorted(selections) if label in wanted]
         if not found:
-            known = ", ".join(sorted(selections)) or "none"
+            known = ", ".join(sorted(shown_label(s, destination) for s in selections))
             raise UsageError(
                 f"no manifest called {name} is recorded in {destination} "
-                f"(recorded: {known})",
+                f"(recorded: {known or 'none'})",
                 hint="name it as `immsync plan` of another manifest there shows it",
             )
-        forgotten = found[0]
-        store.forget_manifests([forgotten.label])
-        remaining = {label: s for label, s in selections.items() if label != forgotten.label}
-        claimed = frozenset().union(*(s.paths for s in remaining.values()))
+        store.forget_manifests(found[:1])
+        forgotten = replace(selections.pop(found[0]), label=shown_label(found[0], destination))
+        claimed = frozenset().union(*(s.paths for s in selections.values()))
         unclaimed = sum(1 for p in store.entries() if p not in claimed)
-    return Forgotten(forgotten, unclaimed, tuple(sorted(remaining)))
+    remaining = tuple(sorted(shown_label(label, destination) for label in selections))
+    return Forgotten(forgotten, unclaimed, remaining)

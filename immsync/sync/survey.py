@@ -35,7 +35,7 @@ from ..model import (
 from ..paths import resolve_inside, unsafe_reason
 from ..plan import make_plan, needs_hash
 from ..ports import RemoteCatalog
-from ..state import StateStore, manifest_label
+from ..state import StateStore, manifest_label, shown_label
 from ..units import count, format_size, parse_utc
 
 log = logging.getLogger(__name__)
@@ -518,14 +518,18 @@ def survey(
     # listing, which spends most of its time waiting on the network: gather it
     # meanwhile. On a large mirror both take seconds. A shard observes only its share,
     # which it knows once the listing is in.
-    label = manifest_label(manifest.source)
+    label = manifest_label(manifest.source, destination)
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="immsync-local") as local:
         gathering = local.submit(
             _recorded_and_observed, destination, store, share is None, label
         )
         remote = survey_remote(manifest, catalog, workers=list_workers, checksums=all_checksums)
     recorded, observed, selections = gathering.result()
-    others = tuple(selections[other] for other in sorted(selections) if other != label)
+    others = tuple(
+        replace(selections[other], label=shown_label(other, destination))
+        for other in sorted(selections)
+        if other != label
+    )
     previous = None
     if remote.failed_roots and label in selections:
         previous = store.selections(paths_of=label.__eq__)[label]
