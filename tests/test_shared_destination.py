@@ -432,7 +432,7 @@ def test_a_label_names_the_file_whichever_way_it_is_reached(tmp_path: Path) -> N
 def test_a_project_moved_with_its_destination_keeps_its_manifests(
     pair: tuple[World, Path, Path],
 ) -> None:
-    world, a, b = pair
+    world, _a, _b = pair
     moved = world.root.parent / "moved"
     world.root.rename(moved)
     result = world.run("plan", str(moved / "b.yaml"), "--json", "--prune", "--detailed-exitcode")
