@@ -848,7 +848,7 @@ def forget_command(
         if destination is None:
             if not Path(manifest).is_file():
                 raise UsageError(
-                    f"{manifest} is not a manifest file",
+                    f"there is no manifest file {manifest}",
                     hint=f"name its destination: `immsync forget {shlex.quote(manifest)} "
                     "--destination DIR` (`immsync plan` of another manifest there shows "
                     "the names)",
@@ -863,8 +863,8 @@ def forget_command(
         with DestinationLock(destination_lock_path(destination)):
             done = forget_manifest(destination, manifest)
         after = (
-            f"{count(done.unclaimed, 'recorded file')} no manifest selects now; "
-            "`immsync apply OTHER --prune` of a manifest there removes them"
+            f"{count(done.unclaimed, 'recorded file')} no manifest selects now: the next "
+            "`apply --prune` of another manifest there removes them"
             if done.remaining
             else "no other manifest is recorded there; the files stay"
         )
