@@ -36,7 +36,7 @@ from pathlib import Path, PurePosixPath
 from typing import IO
 
 from immsync import errors, model
-from immsync.staging import staged_name
+from immsync.staging import checkpoint_of, partial_of, staged_name
 
 log = logging.getLogger(__name__)
 
@@ -255,6 +255,44 @@ def classify(reason: str) -> errors.Failure:
         if pattern.search(reason):
             return errors.Failure(kind)
     return errors.Failure.PERMANENT
+
+
+def _resumable(batch: model.TransferBatch) -> dict[str, int]:
+    """Bytes each file of *batch* has in staging that ``ascp -k 2`` can resume from.
+
+    ascp resumes only a partial file with its checkpoint beside it (a partial file
+    without one, such as an HTTPS download's, is sent again from its start), and skips
+    a whole file an earlier session left that its checksum finds equal to the source.
+    """
+    found = {}
+    for file in batch.files:
+        staged = batch.staging / staged_name(file.path)
+        partial = partial_of(staged)
+        try:
+            if staged.is_file() and not staged.is_symlink():
+                have = staged.stat().st_size if staged.stat().st_size == file.size else 0
+            elif checkpoint_of(partial).is_file() and partial.is_file():
+                have = partial.stat().st_size
+            else:
+                continue
+        except OSError:
+            continue
+        if 0 < have <= file.size:
+            found[file.path] = have
+    return found
+
+
+def _resumed_from(staged: int, first_shown: int, size: int) -> int:
+    """Where ascp resumed a file, from the bytes it had in staging and its first progress.
+
+    ascp says nothing else about a resume: its first progress line of the file shows
+    the staged bytes already done when it resumed, and less when it started over (its
+    checkpoint did not match the source). Percentages are whole, so the first line may
+    show up to 1% of the file less than the staged bytes.
+    """
+    if staged and first_shown >= staged - size // 100 - 1:
+        return staged
+    return 0
 
 
 def parse_progress(line: str) -> tuple[str, int, int, str | None] | None:
@@ -553,6 +591,8 @@ class AscpTransfer:
     ) -> None:
         argv = self.command(batch.staging, pair_list)
         log.debug("ascp session %s: %s", session, shlex.join(argv))
+        # Before ascp starts: once it runs, it writes checkpoints of its own.
+        resumable = _resumable(batch)
         env = dict(self._env)
         env[TOKEN_ENV] = token
         with self._lock:
@@ -568,7 +608,7 @@ class AscpTransfer:
                 target=self._read_stderr, args=(proc.stderr, output), daemon=True
             )
             reader.start()
-            self._read_stdout(proc.stdout, output, batch, session, on_progress)
+            self._read_stdout(proc.stdout, output, batch, session, on_progress, resumable)
             returncode = proc.wait()
             reader.join()
         finally:
@@ -601,11 +641,14 @@ class AscpTransfer:
         batch: model.TransferBatch,
         session: str,
         on_progress: model.ProgressCallback,
+        resumable: Mapping[str, int],
     ) -> None:
         if stream is None:
             return
         names = collections.Counter(PurePosixPath(f.path).name for f in batch.files)
         sizes = {PurePosixPath(f.path).name: f.size for f in batch.files}
+        paths = {PurePosixPath(f.path).name: f.path for f in batch.files}
+        started: set[str] = set()
         decoder = codecs.getincrementaldecoder("utf-8")("replace")
         pending = ""
         fd = stream.fileno()
@@ -626,11 +669,23 @@ class AscpTransfer:
                     name, percent, shown, rate = progress
                     output.add(piece, progress_name=name)
                     done = shown
-                    if names.get(name) == 1:
+                    unique = names.get(name) == 1
+                    if unique:
                         done = sizes[name] * percent // 100
+                    resumed_from = None
+                    if unique and name not in started:
+                        started.add(name)
+                        staged = resumable.get(paths[name], 0)
+                        resumed_from = _resumed_from(staged, done, sizes[name])
                     on_progress(
                         model.ProgressEvent(
-                            session=session, name=name, percent=percent, bytes_done=done, rate=rate
+                            session=session,
+                            name=name,
+                            percent=percent,
+                            bytes_done=done,
+                            rate=rate,
+                            path=paths[name] if unique else None,
+                            resumed_from=resumed_from,
                         )
                     )
                 if not chunk:

@@ -53,11 +53,12 @@ from .lockfile import (
     write_lock,
 )
 from .manifest import load_manifest
-from .model import Manifest, Report
+from .model import Manifest, Plan, Report
 from .ports import Reporter
 from .render import (
     LineReporter,
     RichReporter,
+    TransferTally,
     check_lines,
     checks_summary,
     checks_to_json,
@@ -78,9 +79,11 @@ from .shard import (
     merge_shards,
     open_main_with_shards,
     shard_lock_path,
+    shard_staging,
 )
+from .staging import staged_bytes
+from .state import STATE_DIRNAME, state_path
 from .state import lock_path as destination_lock_path
-from .state import state_path
 from .sync import Survey, SyncOptions, check_prune, survey, survey_remote
 from .units import count
 
@@ -553,6 +556,7 @@ def apply(
     with _errors_to_exit_codes(_FILES_RECORDED), out.closing_errors():
         loaded = _load(manifest)
         shard = Shard.parse(shard_text) if shard_text is not None else None
+        out.shard = None if shard is None else f"{shard.index}/{shard.count}"
         if shard is not None and (prune or rebuild_state):
             raise UsageError(
                 "--shard cannot be combined with --prune or --rebuild-state",
@@ -617,7 +621,9 @@ def apply(
                     https_jobs=jobs or HTTPS_JOBS,
                     hold_fds=tuple(lock.fileno() for lock in held),
                     say=_say,
-                    make_reporter=lambda problems: _make_reporter(out, problems),
+                    make_reporter=lambda problems: _make_reporter(
+                        out, problems, shard=shard, staging=_staging_of(loaded, shard)
+                    ),
                 )
         if received:
             _interrupted(report, received[0], out, found.remote.problems)
@@ -655,7 +661,7 @@ def _finish_apply(
                 _out(line)
             _out(plan_summary(report.plan, unlisted=unlisted))
         else:
-            _out(report_summary(report, unlisted=unlisted))
+            _out(report_summary(report, unlisted=unlisted, tally=out.tally, shard=out.shard))
     if failures:
         raise SyncFailed(
             f"{count(len(failures), 'file')} could not be synced; every other file was kept and "
@@ -911,6 +917,9 @@ class _ApplyOutput:
     def __init__(self, events: EventStream | None, summary_file: Path | None) -> None:
         self.events = events
         self.summary_file = summary_file
+        self.tally = TransferTally()
+        """What the transports moved this run, for the summary's bytes."""
+        self.shard: str | None = None
         self._summarised = False
 
     def plan(self, found: Survey) -> None:
@@ -932,7 +941,11 @@ class _ApplyOutput:
         if self.events is None and self.summary_file is None:
             return
         document = report_to_json(
-            report, problems=problems, exit_code=exit_code, interrupted=interrupted
+            report,
+            problems=problems,
+            exit_code=exit_code,
+            interrupted=interrupted,
+            tally=self.tally,
         )
         if self.events is not None:
             self.events.summary(document)
@@ -1004,24 +1017,40 @@ def _shared_json(found: Survey) -> list[dict[str, Any]]:
     ]
 
 
-def _make_reporter(out: _ApplyOutput, problems: tuple[str, ...]) -> Reporter:
-    human: Reporter | None = None
-    if not _ctx.quiet:
-        if sys.stderr.isatty():
-            human = RichReporter(Console(stderr=True))
-        else:
-            human = LineReporter(lambda line: typer.echo(line, err=True))
-    if out.events is None:
-        if human is None:
-            from .sync import NullReporter
+def _staging_of(loaded: Manifest, shard: Shard | None) -> Path:
+    from .sync.apply import STAGING_DIRNAME
 
-            return NullReporter()
-        return human
-    # With --json, stdout carries the events and stderr still the human progress.
-    events = EventReporter(
-        out.events, plan_document=lambda plan: plan_to_json(plan, problems=problems)
-    )
-    return events if human is None else TeeReporter([events, human])
+    if shard is not None:
+        return shard_staging(loaded.destination, shard)
+    return loaded.destination / STATE_DIRNAME / STAGING_DIRNAME
+
+
+def _make_reporter(
+    out: _ApplyOutput, problems: tuple[str, ...], *, shard: Shard | None, staging: Path
+) -> Reporter:
+    """The run's reporters: the tally behind the summary's bytes, the events of --json,
+    and the human progress (a terminal's bars, or a log's plain lines)."""
+    reporters: list[Reporter] = [out.tally]
+    if out.events is not None:
+        # With --json, stdout carries the events and stderr still the human progress.
+        reporters.append(
+            EventReporter(
+                out.events, plan_document=lambda plan: plan_to_json(plan, problems=problems)
+            )
+        )
+    if not _ctx.quiet:
+        label = f"{shard.index}/{shard.count}" if shard is not None else None
+
+        def staged(plan: Plan) -> int:
+            return staged_bytes(staging, ((i.path, i.size) for i in plan.to_fetch))
+
+        if sys.stderr.isatty():
+            reporters.append(RichReporter(Console(stderr=True), shard=label, staged=staged))
+        else:
+            reporters.append(
+                LineReporter(lambda line: typer.echo(line, err=True), shard=label, staged=staged)
+            )
+    return TeeReporter(reporters)
 
 
 

@@ -520,7 +520,7 @@ class HttpsTransfer:
         if status == 416 and offset:
             total = _unsatisfied_total(response.headers.get("Content-Range"))
             if total == offset == file.size:
-                _progress(emit, job, file.size)
+                _progress(emit, job, file.size, resumed_from=file.size)
                 return  # the partial file was already whole
             log.info("%s: cannot resume from byte %d (HTTP 416); starting over", file.path, offset)
             _discard_partial(file, partial)
@@ -584,6 +584,10 @@ class HttpsTransfer:
         except OSError as exc:
             raise _local_error(file, partial, exc) from None
         with fh:
+            # Every body announces where it starts: what a partial file saved, or 0
+            # after a start over, so the run can tell resumed bytes from fetched ones.
+            if file.size:
+                _progress(emit, job, done, resumed_from=offset)
             chunks = response.raw.stream(self._chunk_size, decode_content=False)
             while True:
                 try:
@@ -854,7 +858,14 @@ def _keep_validator(file: model.RemoteFile, partial: Path, etag: str | None) -> 
         raise _local_error(file, target, exc) from None
 
 
-def _progress(emit: Callable[[model.ProgressEvent], None], job: _Job, done: int) -> None:
+def _progress(
+    emit: Callable[[model.ProgressEvent], None],
+    job: _Job,
+    done: int,
+    *,
+    resumed_from: int | None = None,
+) -> None:
+    """*done* bytes of the file are in staging; *resumed_from* when its body starts."""
     size = job.file.size
     emit(
         model.ProgressEvent(
@@ -862,6 +873,8 @@ def _progress(emit: Callable[[model.ProgressEvent], None], job: _Job, done: int)
             name=PurePosixPath(staged_name(job.file.path)).name,
             percent=100 if size == 0 else min(100, done * 100 // size),
             bytes_done=done,
+            path=job.file.path,
+            resumed_from=resumed_from,
         )
     )
 

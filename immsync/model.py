@@ -299,6 +299,12 @@ class ProgressEvent:
     percent: int | None = None
     bytes_done: int | None = None
     rate: str | None = None
+    path: str | None = None
+    """The file's ImmPort path, when the transport can tell it apart from its base name."""
+    resumed_from: int | None = None
+    """Set when the file's bytes begin to flow: the offset they start at, reusing what
+    staging already held (0: from the start). A later event may start lower, when the
+    transport had to discard the partial file and start over."""
 
 
 ProgressCallback = Callable[[ProgressEvent], None]

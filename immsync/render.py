@@ -17,14 +17,11 @@ from typing import Any
 from rich.console import Console
 from rich.progress import (
     BarColumn,
-    DownloadColumn,
-    MofNCompleteColumn,
     Progress,
+    ProgressColumn,
+    Task,
     TaskID,
     TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-    TransferSpeedColumn,
 )
 from rich.text import Text
 
@@ -32,7 +29,7 @@ from .check import FileCheck, FileState
 from .errors import ImmsyncError
 from .model import Action, FileOutcome, Plan, ProgressEvent, Report, TransferBatch
 from .staging import staged_name
-from .units import count
+from .units import count, format_duration, format_rate
 from .units import format_size as format_size
 
 JSON_ACTIONS = (Action.DOWNLOAD, Action.UPDATE, Action.REPAIR, Action.DELETE)
@@ -171,7 +168,12 @@ def report_to_json(
     problems: Sequence[str] = (),
     exit_code: int = 0,
     interrupted: bool = False,
+    tally: TransferTally | None = None,
 ) -> dict[str, Any]:
+    """The run's summary document; *tally* (what the transports reported) tells the
+    bytes that moved over the network from those resumed from staging. Without one,
+    every completed file counts as transferred whole."""
+    transferred = report.bytes_transferred if tally is None else tally.bytes_transferred
     return {
         "plan": plan_to_json(report.plan, problems=problems),
         "result": {
@@ -179,7 +181,8 @@ def report_to_json(
             "interrupted": interrupted,
             "dry_run": report.dry_run,
             "counts": report.counts(),
-            "bytes_transferred": report.bytes_transferred,
+            "bytes_transferred": transferred,
+            "bytes_resumed": 0 if tally is None else tally.bytes_resumed,
             "sessions": report.sessions,
             "elapsed_seconds": round(report.elapsed, 3),
             "failures": [{"path": f.path, "error": f.error} for f in report.failures],
@@ -192,8 +195,22 @@ def _unlisted(count: int) -> str:
     return f"{paths} could not be listed, named below"
 
 
-def report_summary(report: Report, *, unlisted: int = 0) -> str:
-    """The run in one line; never "Up to date" when part of the selection was not seen."""
+def report_summary(
+    report: Report,
+    *,
+    unlisted: int = 0,
+    tally: TransferTally | None = None,
+    shard: str | None = None,
+) -> str:
+    """The run in one line; never "Up to date" when part of the selection was not seen.
+
+    With *tally*, the bytes that moved over the network and those resumed from staging
+    are told apart; *shard* (``"K/N"``) names the shard the run was.
+    """
+    return _title(shard) + _report_sentence(report, unlisted, tally)
+
+
+def _report_sentence(report: Report, unlisted: int, tally: TransferTally | None) -> str:
     c = report.counts()
     if unlisted and not report.outcomes:
         done = (
@@ -206,10 +223,18 @@ def report_summary(report: Report, *, unlisted: int = 0) -> str:
         done = (
             f"Done in {report.elapsed:.1f} s: {c['download']} downloaded, {c['update']} "
             f"updated, {c['repair']} repaired, {c['delete']} deleted, {c['unchanged']} "
-            f"unchanged, {c['failed']} failed; {format_size(report.bytes_transferred)} "
-            f"transferred in {count(report.sessions, 'session')}."
+            f"unchanged, {c['failed']} failed; {_bytes_moved(report, tally)}."
         )
     return done + _kept_sentence(report.plan)
+
+
+def _bytes_moved(report: Report, tally: TransferTally | None) -> str:
+    """``40.0 MiB transferred in 2 sessions, 12.0 MiB resumed from staging``."""
+    moved = report.bytes_transferred if tally is None else tally.bytes_transferred
+    text = f"{format_size(moved)} transferred in {count(report.sessions, 'session')}"
+    if tally is not None and tally.bytes_resumed:
+        text += f", {format_size(tally.bytes_resumed)} resumed from staging"
+    return text
 
 
 # -- status / verify -------------------------------------------------------------------
@@ -290,9 +315,103 @@ def create_log_config(verbose: int, quiet: bool) -> dict[str, Any]:
 
 # -- progress --------------------------------------------------------------------------
 
+LARGE_FILE_BYTES = 8 * 1024**2
+"""A file at least this large gets a bytes bar of its own on a terminal."""
+
+
+class TransferTally:
+    """What moved over the network this run, told apart from what staging already held.
+
+    A ``Reporter`` (it reads ``progress`` and ``file_done``; the rest is ignored), fed
+    the transports' progress events. Each file's bytes are counted as they arrive;
+    a body that starts at an offset (``ProgressEvent.resumed_from``) counts nothing
+    for the bytes below it. The bytes resumed for a file are the lowest offset any of
+    its bodies started at this run: a start over from 0 means none were reused.
+    Thread-safe; every event costs O(1).
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._last: dict[str, int] = {}
+        """Bytes of each open file known to be in staging."""
+        self._resumed: dict[str, int] = {}
+        """Bytes each open file reused from an earlier run's partial file."""
+        self._keys_by_name: dict[str, set[str]] = {}
+        self._resumed_open = 0
+        self.bytes_transferred = 0
+        """Bytes received over the network this run, completed files or not."""
+        self.bytes_resumed = 0
+        """Bytes of the files completed this run that came from staging, not the network."""
+
+    @property
+    def resumed_so_far(self) -> int:
+        """Bytes reused from staging by the files completed or still in flight."""
+        with self._lock:
+            return self.bytes_resumed + self._resumed_open
+
+    def progress(self, event: ProgressEvent) -> None:
+        self.add(event)
+
+    def add(self, event: ProgressEvent) -> int | None:
+        """Count *event*; the offset when it is a file's first resume this run, else None."""
+        name = event.name.strip()
+        key = event.path if event.path is not None else f"{event.session}\0{name}"
+        first_resume = None
+        with self._lock:
+            if key not in self._last:
+                self._keys_by_name.setdefault(name, set()).add(key)
+                self._last[key] = 0
+            if event.resumed_from is not None:
+                self._last[key] = event.resumed_from
+                before = self._resumed.get(key)
+                now = event.resumed_from if before is None else min(before, event.resumed_from)
+                self._resumed[key] = now
+                self._resumed_open += now - (before or 0)
+                if before is None and now > 0:
+                    first_resume = now
+            done = event.bytes_done
+            # Lower than before without a new start: a coarser report (a percentage),
+            # not bytes lost.
+            if done is not None and done > self._last[key]:
+                self.bytes_transferred += done - self._last[key]
+                self._last[key] = done
+        return first_resume
+
+    def file_done(self, outcome: FileOutcome) -> None:
+        if outcome.action is Action.DELETE:
+            return
+        name = _progress_name(outcome.path)
+        with self._lock:
+            keys = self._keys_by_name.get(name, set())
+            if outcome.path in keys:
+                mine = [outcome.path]
+            else:
+                mine = [k for k in keys if k.endswith("\0" + name)]
+            for key in mine:
+                keys.discard(key)
+                self._last.pop(key, None)
+                resumed = self._resumed.pop(key, 0)
+                self._resumed_open -= resumed
+                if outcome.ok:
+                    self.bytes_resumed += resumed
+            if not keys:
+                self._keys_by_name.pop(name, None)
+
+    def plan_ready(self, plan: Plan) -> None:
+        pass
+
+    def batch_started(self, batch: TransferBatch) -> None:
+        pass
+
+    def retrying(self, batch: TransferBatch, error: ImmsyncError, delay: float) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
 
 class _Totals:
-    """Thread-safe running totals shared by both reporters."""
+    """Thread-safe running totals shared by both reporters; O(1) per event."""
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
@@ -303,6 +422,8 @@ class _Totals:
         self.failed = 0
         self.in_flight: dict[str, int] = {}
         """Estimated bytes received of files not yet finished, by session and name."""
+        self._in_flight_sum = 0
+        self._keys_by_name: dict[str, set[str]] = {}
         self.sizes: dict[str, int] = {}
 
     def start(self, plan: Plan) -> None:
@@ -315,22 +436,30 @@ class _Totals:
             for f in batch.files:
                 self.sizes[f"{batch.label}\0{_progress_name(f.path)}"] = f.size
 
+    def size_of(self, event: ProgressEvent) -> int | None:
+        return self.sizes.get(f"{event.session}\0{event.name.strip()}")
+
     def progress(self, event: ProgressEvent) -> None:
-        key = f"{event.session}\0{event.name.strip()}"
+        name = event.name.strip()
+        key = f"{event.session}\0{name}"
         with self.lock:
             size = self.sizes.get(key)
             if event.bytes_done is not None:
-                self.in_flight[key] = event.bytes_done
+                now = event.bytes_done
             elif size is not None and event.percent is not None:
-                self.in_flight[key] = size * event.percent // 100
+                now = size * event.percent // 100
+            else:
+                return
+            self._in_flight_sum += now - self.in_flight.get(key, 0)
+            self.in_flight[key] = now
+            self._keys_by_name.setdefault(name, set()).add(key)
 
     def done(self, outcome: FileOutcome) -> None:
         if outcome.action is Action.DELETE:
             return
         with self.lock:
-            name = _progress_name(outcome.path)
-            for key in [k for k in self.in_flight if k.endswith("\0" + name)]:
-                del self.in_flight[key]
+            for key in self._keys_by_name.pop(_progress_name(outcome.path), ()):
+                self._in_flight_sum -= self.in_flight.pop(key, 0)
             if outcome.ok:
                 self.files_done += 1
                 self.bytes_done += outcome.size
@@ -339,7 +468,7 @@ class _Totals:
 
     def bytes_now(self) -> int:
         with self.lock:
-            return min(self.bytes_total, self.bytes_done + sum(self.in_flight.values()))
+            return min(self.bytes_total, self.bytes_done + self._in_flight_sum)
 
 
 def _progress_name(path: str) -> str:
@@ -347,8 +476,59 @@ def _progress_name(path: str) -> str:
     return staged_name(path).rpartition("/")[2]
 
 
+class _Pace:
+    """Rate, elapsed and remaining time of a run, from what moved over the network."""
+
+    def __init__(self, totals: _Totals, tally: TransferTally, clock: Callable[[], float]):
+        self._totals = totals
+        self._tally = tally
+        self._clock = clock
+        self._started = clock()
+
+    def restart(self) -> None:
+        self._started = self._clock()
+
+    def elapsed(self) -> float:
+        return self._clock() - self._started
+
+    def words(self) -> str:
+        """``3.2 MiB/s, elapsed 12 s, about 30 s remaining``.
+
+        No rate before a second has passed: a figure from a few milliseconds misleads.
+        """
+        elapsed = self.elapsed()
+        moved = self._tally.bytes_transferred
+        left = self._totals.bytes_total - self._totals.bytes_now()
+        if elapsed < 1 or not moved:
+            return f"elapsed {format_duration(elapsed)}, remaining time not known yet"
+        rate = moved / elapsed
+        remaining = "finishing" if left <= 0 else f"about {format_duration(left / rate)} remaining"
+        return f"{format_rate(rate)}, elapsed {format_duration(elapsed)}, {remaining}"
+
+
+def _title(shard: str | None) -> str:
+    return f"shard {shard}: " if shard else ""
+
+
+def _staged_sentence(staged: int, to_fetch: int) -> str:
+    return (
+        f"{format_size(staged)} of the {format_size(to_fetch)} to fetch is already staged "
+        "from an earlier run: it resumes, not fetched again."
+    )
+
+
+def _resuming_sentence(path: str, offset: int, size: int | None) -> str:
+    of = f" of {format_size(size)}" if size is not None else ""
+    return f"resuming {path} at {format_size(offset)}{of}, staged by an earlier run"
+
+
 class LineReporter:
-    """For logs: a plain line every *interval* seconds, no carriage returns."""
+    """For logs: a plain line every *interval* seconds, no carriage returns.
+
+    Args:
+        shard: ``"K/N"`` when the run is one shard of a job array; its lines say so.
+        staged: bytes of a plan's files already in staging from an earlier run.
+    """
 
     def __init__(
         self,
@@ -356,20 +536,29 @@ class LineReporter:
         *,
         interval: float = 5.0,
         clock: Callable[[], float] = time.monotonic,
+        shard: str | None = None,
+        staged: Callable[[Plan], int] | None = None,
     ) -> None:
         self._write_raw = write
         self._interval = interval
         self._clock = clock
         self._last = clock()
-        self._started = self._last
         self._totals = _Totals()
+        self._tally = TransferTally()
+        self._pace = _Pace(self._totals, self._tally, clock)
+        self._shard = shard
+        self._staged = staged
 
     def plan_ready(self, plan: Plan) -> None:
         self._totals.start(plan)
+        self._pace.restart()
         for note in plan.notes:
             self._write(f"note: {note}")
         if plan:
-            self._write(plan_summary(plan))
+            self._write(_title(self._shard) + plan_summary(plan))
+        staged = self._staged(plan) if self._staged is not None and plan.to_fetch else 0
+        if staged:
+            self._write(_staged_sentence(staged, self._totals.bytes_total))
 
     def batch_started(self, batch: TransferBatch) -> None:
         self._totals.batch(batch)
@@ -380,10 +569,15 @@ class LineReporter:
 
     def progress(self, event: ProgressEvent) -> None:
         self._totals.progress(event)
+        resumed = self._tally.add(event)
+        if resumed is not None:
+            shown = event.path or event.name.strip()
+            self._write(_resuming_sentence(shown, resumed, self._totals.size_of(event)))
         self._maybe_line()
 
     def file_done(self, outcome: FileOutcome) -> None:
         self._totals.done(outcome)
+        self._tally.file_done(outcome)
         if not outcome.ok:
             self._write(f"failed: {outcome.path}: {outcome.error}")
         self._maybe_line()
@@ -406,41 +600,77 @@ class LineReporter:
             return
         self._last = now
         t = self._totals
-        done = t.bytes_now()
-        rate = done / max(now - self._started, 1e-9)
+        resumed = self._tally.resumed_so_far
+        staged = f" ({format_size(resumed)} of it resumed from staging)" if resumed else ""
+        where = f" (shard {self._shard})" if self._shard else ""
         self._write(
-            f"progress: {t.files_done}/{t.files_total} files, {format_size(done)}/"
-            f"{format_size(t.bytes_total)}, {format_size(rate)}/s"
+            f"progress{where}: {t.files_done}/{t.files_total} files, "
+            f"{format_size(t.bytes_now())} of {format_size(t.bytes_total)}{staged}, "
+            f"{self._pace.words()}"
         )
 
 
-class RichReporter:
-    """For terminals: an overall bytes bar, a files bar, and a line per running session."""
+class _InfoColumn(ProgressColumn):
+    """A task's ``info`` field: text, or a function of the task giving the text (drawn
+    afresh at every refresh, so that elapsed time moves between events)."""
 
-    def __init__(self, console: Console) -> None:
+    def render(self, task: Task) -> Text:
+        info = task.fields.get("info", "")
+        return Text(info(task) if callable(info) else str(info))
+
+
+class _SizeColumn(ProgressColumn):
+    """``12.0 MiB of 40.0 MiB``, in the units of every other size immsync shows."""
+
+    def render(self, task: Task) -> Text:
+        total = "?" if task.total is None else format_size(task.total)
+        return Text(f"{format_size(task.completed)} of {total}")
+
+
+class RichReporter:
+    """For terminals: a bytes bar for the run and for each large file in flight, a files
+    bar, and a line per running session.
+
+    Args:
+        shard: ``"K/N"`` when the run is one shard of a job array; its bar says so.
+        staged: bytes of a plan's files already in staging from an earlier run.
+    """
+
+    def __init__(
+        self,
+        console: Console,
+        *,
+        shard: str | None = None,
+        staged: Callable[[Plan], int] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._console = console
         self._totals = _Totals()
+        self._tally = TransferTally()
+        self._pace = _Pace(self._totals, self._tally, clock)
+        self._shard = shard
+        self._staged = staged
         # Descriptions hold file names: never read as markup.
         self._progress = Progress(
             TextColumn("{task.description}", markup=False),
             BarColumn(),
-            DownloadColumn(binary_units=True),
-            TransferSpeedColumn(),
-            TimeRemainingColumn(),
+            _SizeColumn(),
+            _InfoColumn(),
             console=console,
             transient=True,
         )
         self._files = Progress(
             TextColumn("{task.description}", markup=False),
             BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
+            _InfoColumn(),
             console=console,
             transient=True,
         )
         self._bytes_task: TaskID | None = None
         self._files_task: TaskID | None = None
         self._sessions: dict[str, TaskID] = {}
+        self._large: dict[str, TaskID] = {}
+        """Bytes bars of large files in flight, by the name their progress gives."""
         self._arrived: set[tuple[str, str]] = set()
         """(session, file name) pairs the transport reported at 100%."""
         self._lock = threading.Lock()
@@ -448,38 +678,66 @@ class RichReporter:
 
     def plan_ready(self, plan: Plan) -> None:
         self._totals.start(plan)
+        self._pace.restart()
         for note in plan.notes:
             self._print(Text(visible(f"note: {note}")))
         if plan:
-            self._print(Text(plan_summary(plan)))
+            self._print(Text(_title(self._shard) + plan_summary(plan)))
         if not plan.to_fetch:
             return
+        staged = self._staged(plan) if self._staged is not None else 0
+        if staged:
+            self._print(Text(_staged_sentence(staged, self._totals.bytes_total)))
         from rich.console import Group
         from rich.live import Live
 
-        self._bytes_task = self._progress.add_task("bytes", total=self._totals.bytes_total)
-        self._files_task = self._files.add_task("files", total=self._totals.files_total)
+        totals = self._totals
+        self._bytes_task = self._progress.add_task(
+            f"shard {self._shard}" if self._shard else "all files",
+            total=totals.bytes_total,
+            info=self._run_info,
+        )
+        self._files_task = self._files.add_task(
+            "files", total=totals.files_total, info=_files_info
+        )
         self._live_display = Live(
             Group(self._progress, self._files), console=self._console, transient=True
         )
         self._live_display.start()
         self._live = True
 
+    def _run_info(self, task: Task) -> str:
+        resumed = self._tally.resumed_so_far
+        staged = f" ({format_size(resumed)} resumed)" if resumed else ""
+        return f"{staged.strip()} {self._pace.words()}".strip()
+
     def batch_started(self, batch: TransferBatch) -> None:
         self._totals.batch(batch)
         with self._lock:
             if batch.label not in self._sessions:
                 self._sessions[batch.label] = self._files.add_task(
-                    visible(batch.label), total=len(batch.files)
+                    visible(batch.label), total=len(batch.files), info=_files_info
                 )
 
     def progress(self, event: ProgressEvent) -> None:
         self._totals.progress(event)
+        resumed = self._tally.add(event)
+        name = event.name.strip()
+        size = self._totals.size_of(event)
+        if resumed is not None:
+            self._print(Text(visible(_resuming_sentence(event.path or name, resumed, size))))
         if self._bytes_task is not None:
             self._progress.update(self._bytes_task, completed=self._totals.bytes_now())
+        if size is not None and size >= LARGE_FILE_BYTES and event.bytes_done is not None:
+            with self._lock:
+                bar = self._large.get(name)
+                if bar is None and event.percent != 100:
+                    bar = self._progress.add_task(visible(event.path or name), total=size)
+                    self._large[name] = bar
+            if bar is not None:
+                self._progress.update(bar, completed=event.bytes_done)
         task = self._sessions.get(event.session)
         if task is not None:
-            name = event.name.strip()
             advance = 0
             if event.percent == 100:
                 with self._lock:
@@ -492,6 +750,11 @@ class RichReporter:
 
     def file_done(self, outcome: FileOutcome) -> None:
         self._totals.done(outcome)
+        self._tally.file_done(outcome)
+        with self._lock:
+            bar = self._large.pop(_progress_name(outcome.path), None)
+        if bar is not None:
+            self._progress.remove_task(bar)
         if not outcome.ok:
             self._print(
                 Text.assemble(("failed", "red"), visible(f": {outcome.path}: {outcome.error}"))
@@ -523,3 +786,8 @@ class RichReporter:
         if self._live:
             self._live_display.stop()
             self._live = False
+
+
+def _files_info(task: Task) -> str:
+    """``3 of 10 files``."""
+    return f"{int(task.completed)} of {count(int(task.total or 0), 'file')}"

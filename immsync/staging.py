@@ -11,6 +11,8 @@ safety (never following a link) is ``statedir``'s.
 from __future__ import annotations
 
 import hashlib
+import stat
+from collections.abc import Iterable
 from pathlib import Path
 
 from .model import MAX_NAME_BYTES, MAX_PATH_BYTES
@@ -65,3 +67,20 @@ def checkpoint_of(partial: Path) -> Path:
 def validator_of(partial: Path) -> Path:
     """Where the HTTPS transport keeps the ``ETag`` *partial* was downloaded against."""
     return partial.with_name(partial.name.removesuffix(".partial") + ".etag")
+
+
+def staged_bytes(staging: Path, paths_and_sizes: Iterable[tuple[str, int]]) -> int:
+    """Bytes of these files already in *staging* from an earlier run: each one's partial
+    file, or its whole staged file not yet verified, up to its size. Reads no content."""
+    total = 0
+    for path, size in paths_and_sizes:
+        staged = staging / staged_name(path)
+        for candidate in (staged, partial_of(staged)):
+            try:
+                info = candidate.lstat()
+            except OSError:
+                continue
+            if stat.S_ISREG(info.st_mode):
+                total += min(info.st_size, size)
+                break
+    return total

@@ -36,3 +36,20 @@ def parse_utc(text: str) -> datetime | None:
 def count(n: int, noun: str, plural: str | None = None) -> str:
     """``1 file``, ``2 files``: a number with its noun in the right form."""
     return f"{n} {noun if n == 1 else plural or noun + 's'}"
+
+
+def format_duration(seconds: float) -> str:
+    """A span of time as people read it: ``8 s``, ``3 min 04 s``, ``2 h 05 min``."""
+    whole = max(0, round(seconds))
+    if whole < 60:
+        return f"{whole} s"
+    minutes, secs = divmod(whole, 60)
+    if minutes < 60:
+        return f"{minutes} min {secs:02d} s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes:02d} min"
+
+
+def format_rate(bytes_per_second: float) -> str:
+    """A transfer rate in the units of ``format_size``: ``3.2 MiB/s``."""
+    return f"{format_size(bytes_per_second)}/s"

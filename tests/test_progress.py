@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 from pathlib import Path
 
 from rich.console import Console
@@ -45,11 +46,20 @@ def test_the_log_reporter_writes_plain_lines_at_intervals(tmp_path: Path):
     """No carriage returns: a start line per session, retries, failures, timed progress."""
     lines: list[str] = []
     clock = FakeClock()
-    reporter = LineReporter(lines.append, interval=0.0, clock=clock)
+
+    def ticking() -> float:
+        clock.advance(1.0)  # a second between two looks at the clock
+        return clock()
+
+    reporter = LineReporter(lines.append, interval=0.0, clock=ticking)
     troubled_run(tmp_path, reporter)
     assert lines[0].startswith("Plan: 2 to download")
     assert "batch 1/1: starting transfer of 2 files, 4.9 KiB" in lines
     assert "batch 1/1: retrying 2 files in 1.0 s: stalled" in lines
     assert any(line.startswith(f"failed: {B}: MD5 mismatch") for line in lines)
-    assert any(line.startswith("progress: 1/2 files, 2.9 KiB/4.9 KiB") for line in lines)
+    progress = [line for line in lines if line.startswith("progress: 1/2 files, 2.9 KiB of 4.9 KiB")]
+    assert progress, lines
+    # One unit family (B, KiB, MiB with B/s, KiB/s, MiB/s), and each time says what it is.
+    rate = r"\d+(?:\.\d)? (?:B|KiB|MiB)/s"
+    assert re.search(rf", {rate}, elapsed \d+ s, about \d+ s remaining$", progress[0]), progress
     assert not any("\r" in line for line in lines)
