@@ -4,12 +4,22 @@ from __future__ import annotations
 
 import io
 import re
+import time
 from pathlib import Path
 
 from rich.console import Console
 from test_applier import Rig, blob
 
 from immsync.errors import Failure, TransferError
+from immsync.model import (
+    Action,
+    FileOutcome,
+    Plan,
+    PlanItem,
+    ProgressEvent,
+    RemoteFile,
+    TransferBatch,
+)
 from immsync.render import LineReporter, RichReporter
 from immsync.testing.fakes import FakeClock
 
@@ -63,3 +73,32 @@ def test_the_log_reporter_writes_plain_lines_at_intervals(tmp_path: Path):
     rate = r"\d+(?:\.\d)? (?:B|KiB|MiB)/s"
     assert re.search(rf", {rate}, elapsed \d+ s, about \d+ s remaining$", progress[0]), progress
     assert not any("\r" in line for line in lines)
+
+
+def test_many_files_in_flight_cost_constant_time_each(tmp_path: Path):
+    """20,000 files reported in flight, then done: linear in files, not quadratic.
+
+    Each completion once rescanned every file still in flight: 20,000 files took
+    minutes. Now each event costs the same however many are in flight.
+    """
+    n = 20_000
+    files = tuple(RemoteFile(f"SDY1/ResultFiles/f{i:05d}.txt", 10, "t") for i in range(n))
+    plan = Plan(
+        items=tuple(PlanItem(Action.DOWNLOAD, f.path, f.size, "new", f) for f in files)
+    )
+    lines: list[str] = []
+    clock = FakeClock()
+    reporter = LineReporter(lines.append, interval=3600.0, clock=clock)
+    started = time.perf_counter()
+    reporter.plan_ready(plan)
+    reporter.batch_started(TransferBatch(files=files, staging=tmp_path, label="batch 1/1"))
+    for f in files:
+        name = f.path.rpartition("/")[2]
+        reporter.progress(ProgressEvent("batch 1/1", name, percent=100, bytes_done=10))
+    for f in files:
+        reporter.file_done(FileOutcome(f.path, Action.DOWNLOAD, ok=True, size=10))
+    elapsed = time.perf_counter() - started
+    assert elapsed < 3.0, f"{n} files took {elapsed:.1f} s"
+    clock.advance(3600.0)  # the next event writes a progress line: the totals add up
+    reporter.file_done(FileOutcome("SDY1/gone.txt", Action.DELETE, ok=True))
+    assert lines[-1].startswith(f"progress: {n}/{n} files, 195.3 KiB of 195.3 KiB"), lines[-1]
