@@ -53,7 +53,7 @@ from .lockfile import (
     write_lock,
 )
 from .manifest import load_manifest
-from .model import Manifest, Plan, Report
+from .model import Manifest, Report, TransferBatch
 from .ports import Reporter
 from .render import (
     LineReporter,
@@ -79,11 +79,10 @@ from .shard import (
     merge_shards,
     open_main_with_shards,
     shard_lock_path,
-    shard_staging,
 )
 from .staging import staged_bytes
-from .state import STATE_DIRNAME, state_path
 from .state import lock_path as destination_lock_path
+from .state import state_path
 from .sync import Survey, SyncOptions, check_prune, survey, survey_remote
 from .units import count
 
@@ -621,9 +620,7 @@ def apply(
                     https_jobs=jobs or HTTPS_JOBS,
                     hold_fds=tuple(lock.fileno() for lock in held),
                     say=_say,
-                    make_reporter=lambda problems: _make_reporter(
-                        out, problems, shard=shard, staging=_staging_of(loaded, shard)
-                    ),
+                    make_reporter=lambda problems: _make_reporter(out, problems, shard=shard),
                 )
         if received:
             _interrupted(report, received[0], out, found.remote.problems)
@@ -1017,16 +1014,8 @@ def _shared_json(found: Survey) -> list[dict[str, Any]]:
     ]
 
 
-def _staging_of(loaded: Manifest, shard: Shard | None) -> Path:
-    from .sync.apply import STAGING_DIRNAME
-
-    if shard is not None:
-        return shard_staging(loaded.destination, shard)
-    return loaded.destination / STATE_DIRNAME / STAGING_DIRNAME
-
-
 def _make_reporter(
-    out: _ApplyOutput, problems: tuple[str, ...], *, shard: Shard | None, staging: Path
+    out: _ApplyOutput, problems: tuple[str, ...], *, shard: Shard | None
 ) -> Reporter:
     """The run's reporters: the tally behind the summary's bytes, the events of --json,
     and the human progress (a terminal's bars, or a log's plain lines)."""
@@ -1041,8 +1030,8 @@ def _make_reporter(
     if not _ctx.quiet:
         label = f"{shard.index}/{shard.count}" if shard is not None else None
 
-        def staged(plan: Plan) -> int:
-            return staged_bytes(staging, ((i.path, i.size) for i in plan.to_fetch))
+        def staged(batch: TransferBatch) -> int:
+            return staged_bytes(batch.staging, ((f.path, f.size) for f in batch.files))
 
         if sys.stderr.isatty():
             reporters.append(RichReporter(Console(stderr=True), shard=label, staged=staged))

@@ -510,11 +510,8 @@ def _title(shard: str | None) -> str:
     return f"shard {shard}: " if shard else ""
 
 
-def _staged_sentence(staged: int, to_fetch: int) -> str:
-    return (
-        f"{format_size(staged)} of the {format_size(to_fetch)} to fetch is already staged "
-        "from an earlier run: it resumes, not fetched again."
-    )
+def _staged_words(staged: int) -> str:
+    return f"{format_size(staged)} of it already staged by an earlier run, resumed"
 
 
 def _resuming_sentence(path: str, offset: int, size: int | None) -> str:
@@ -527,7 +524,8 @@ class LineReporter:
 
     Args:
         shard: ``"K/N"`` when the run is one shard of a job array; its lines say so.
-        staged: bytes of a plan's files already in staging from an earlier run.
+        staged: bytes of a batch's files already in staging when its session starts
+            (after partials of another upstream version were discarded).
     """
 
     def __init__(
@@ -537,9 +535,10 @@ class LineReporter:
         interval: float = 5.0,
         clock: Callable[[], float] = time.monotonic,
         shard: str | None = None,
-        staged: Callable[[Plan], int] | None = None,
+        staged: Callable[[TransferBatch], int] | None = None,
     ) -> None:
         self._write_raw = write
+        self._labels_seen: set[str] = set()
         self._interval = interval
         self._clock = clock
         self._last = clock()
@@ -556,16 +555,21 @@ class LineReporter:
             self._write(f"note: {note}")
         if plan:
             self._write(_title(self._shard) + plan_summary(plan))
-        staged = self._staged(plan) if self._staged is not None and plan.to_fetch else 0
-        if staged:
-            self._write(_staged_sentence(staged, self._totals.bytes_total))
 
     def batch_started(self, batch: TransferBatch) -> None:
         self._totals.batch(batch)
+        staged = self._staged_by_earlier_run(batch)
         self._write(
             f"{batch.label}: starting transfer of {count(len(batch.files), 'file')}, "
-            f"{format_size(batch.total_bytes)}"
+            f"{format_size(batch.total_bytes)}" + (f"; {_staged_words(staged)}" if staged else "")
         )
+
+    def _staged_by_earlier_run(self, batch: TransferBatch) -> int:
+        """On a session's first attempt only: a retry finds this run's own partials."""
+        if self._staged is None or batch.label in self._labels_seen:
+            return 0
+        self._labels_seen.add(batch.label)
+        return self._staged(batch)
 
     def progress(self, event: ProgressEvent) -> None:
         self._totals.progress(event)
@@ -633,7 +637,8 @@ class RichReporter:
 
     Args:
         shard: ``"K/N"`` when the run is one shard of a job array; its bar says so.
-        staged: bytes of a plan's files already in staging from an earlier run.
+        staged: bytes of a batch's files already in staging when its session starts
+            (after partials of another upstream version were discarded).
     """
 
     def __init__(
@@ -641,10 +646,11 @@ class RichReporter:
         console: Console,
         *,
         shard: str | None = None,
-        staged: Callable[[Plan], int] | None = None,
+        staged: Callable[[TransferBatch], int] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._console = console
+        self._labels_seen: set[str] = set()
         self._totals = _Totals()
         self._tally = TransferTally()
         self._pace = _Pace(self._totals, self._tally, clock)
@@ -685,9 +691,6 @@ class RichReporter:
             self._print(Text(_title(self._shard) + plan_summary(plan)))
         if not plan.to_fetch:
             return
-        staged = self._staged(plan) if self._staged is not None else 0
-        if staged:
-            self._print(Text(_staged_sentence(staged, self._totals.bytes_total)))
         from rich.console import Group
         from rich.live import Live
 
@@ -713,6 +716,12 @@ class RichReporter:
 
     def batch_started(self, batch: TransferBatch) -> None:
         self._totals.batch(batch)
+        with self._lock:
+            first = batch.label not in self._labels_seen
+            self._labels_seen.add(batch.label)
+        staged = self._staged(batch) if self._staged is not None and first else 0
+        if staged:
+            self._print(Text(visible(f"{batch.label}: {_staged_words(staged)}")))
         with self._lock:
             if batch.label not in self._sessions:
                 self._sessions[batch.label] = self._files.add_task(

@@ -67,7 +67,8 @@ def test_the_log_reporter_writes_plain_lines_at_intervals(tmp_path: Path):
     assert "batch 1/1: starting transfer of 2 files, 4.9 KiB" in lines
     assert "batch 1/1: retrying 2 files in 1.0 s: stalled" in lines
     assert any(line.startswith(f"failed: {B}: MD5 mismatch") for line in lines)
-    progress = [line for line in lines if line.startswith("progress: 1/2 files, 2.9 KiB of 4.9 KiB")]
+    head = "progress: 1/2 files, 2.9 KiB of 4.9 KiB"
+    progress = [line for line in lines if line.startswith(head)]
     assert progress, lines
     # One unit family (B, KiB, MiB with B/s, KiB/s, MiB/s), and each time says what it is.
     rate = r"\d+(?:\.\d)? (?:B|KiB|MiB)/s"
