@@ -30,6 +30,7 @@ from rich.console import Console
 
 from . import __version__
 from .app.config import ASCP_JOBS, HTTPS_JOBS, Environment, connect
+from .app.listing import ObservedCatalog
 from .app.run import (
     Scope,
     apply_locked,
@@ -42,7 +43,14 @@ from .app.run import (
 from .app.transport import check_early
 from .check import FileState, status, verify
 from .errors import ExitCode, ImmsyncError, SyncFailed, UsageError
-from .events import EventReporter, EventStream, TeeReporter, error_to_json, write_summary_file
+from .events import (
+    EventReporter,
+    EventStream,
+    TeeReporter,
+    error_to_json,
+    listing_to_json,
+    write_summary_file,
+)
 from .lock import DestinationLock
 from .lockfile import (
     compare,
@@ -53,10 +61,12 @@ from .lockfile import (
     write_lock,
 )
 from .manifest import load_manifest
-from .model import Manifest, Report, TransferBatch
+from .model import ListingStatus, Manifest, Report
 from .ports import Reporter
 from .render import (
     LineReporter,
+    ListingLines,
+    ListingStatusLine,
     RichReporter,
     TransferTally,
     check_lines,
@@ -70,6 +80,7 @@ from .render import (
     plan_to_json,
     report_summary,
     report_to_json,
+    staged_before,
     visible,
 )
 from .retry import RetryPolicy
@@ -80,7 +91,6 @@ from .shard import (
     open_main_with_shards,
     shard_lock_path,
 )
-from .staging import staged_bytes
 from .state import lock_path as destination_lock_path
 from .state import state_path
 from .sync import Survey, SyncOptions, check_prune, survey, survey_remote
@@ -349,11 +359,12 @@ def plan(
         env = Environment.read(os.environ)
         client = _connect(env, api_key_file, password_stdin, allow_insecure_http)
         pinned = find_lock(lock_path(manifest))
-        with open_main_with_shards(loaded.destination) as store:
+        listing = _ListingProgress(None)
+        with open_main_with_shards(loaded.destination) as store, listing:
             # Drift from a lock file includes MD5s: compare every one.
             found = survey(
                 loaded,
-                client.catalog,
+                ObservedCatalog(client.catalog, len(loaded.studies), listing),
                 store,
                 all_checksums=checksum or pinned is not None,
                 prune=prune,
@@ -552,7 +563,11 @@ def apply(
     """
     events = EventStream(typer.echo) if json_output else None
     out = _ApplyOutput(events, summary_file)
-    with _errors_to_exit_codes(_FILES_RECORDED), out.closing_errors():
+    with (
+        _errors_to_exit_codes(_FILES_RECORDED),
+        out.closing_errors(),
+        contextlib.ExitStack() as locks_and_listing,
+    ):
         loaded = _load(manifest)
         shard = Shard.parse(shard_text) if shard_text is not None else None
         out.shard = None if shard is None else f"{shard.index}/{shard.count}"
@@ -578,12 +593,19 @@ def apply(
             session_stagger=session_stagger,
             retry=RetryPolicy(attempts=retries + 1, base_delay=retry_wait, max_delay=60.0),
         )
+        listing = locks_and_listing.enter_context(_ListingProgress(events))
         scope = Scope(
-            shard, pinned, manifest, all_checksums=checksum or pinned is not None, prune=prune
+            shard,
+            pinned,
+            manifest,
+            all_checksums=checksum or pinned is not None,
+            prune=prune,
+            observe_listing=listing,
         )
         if dry_run:
             with scope.open_state(loaded, create=False) as store:
                 found = scope.survey(loaded, client, store)
+                listing.finish()
                 report = Report(plan=found.plan, dry_run=True)
             out.plan(found)
             _finish_apply(
@@ -620,7 +642,9 @@ def apply(
                     https_jobs=jobs or HTTPS_JOBS,
                     hold_fds=tuple(lock.fileno() for lock in held),
                     say=_say,
-                    make_reporter=lambda problems: _make_reporter(out, problems, shard=shard),
+                    make_reporter=lambda problems: _make_reporter(
+                        out, problems, shard=shard, listing=listing
+                    ),
                 )
         if received:
             _interrupted(report, received[0], out, found.remote.problems)
@@ -1014,11 +1038,47 @@ def _shared_json(found: Survey) -> list[dict[str, Any]]:
     ]
 
 
+class _ListingProgress:
+    """How far the listing has come: on stderr for people (a line redrawn on a terminal,
+    a quiet line every few seconds in a log, nothing with -q), and as ``listing`` events
+    with --json. A context manager: leaving it ends the display."""
+
+    def __init__(self, events: EventStream | None) -> None:
+        self._events = events
+        self._human: ListingLines | ListingStatusLine | None = None
+        if not _ctx.quiet:
+            if sys.stderr.isatty():
+                self._human = ListingStatusLine(Console(stderr=True))
+            else:
+                self._human = ListingLines(lambda line: typer.echo(line, err=True))
+
+    def __call__(self, status: ListingStatus) -> None:
+        if self._human is not None:
+            self._human(status)
+        if self._events is not None and status.listed:
+            self._events.emit("listing", listing_to_json(status))
+
+    def finish(self) -> None:
+        if self._human is not None:
+            self._human.finish()
+
+    def __enter__(self) -> _ListingProgress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.finish()
+
+
 def _make_reporter(
-    out: _ApplyOutput, problems: tuple[str, ...], *, shard: Shard | None
+    out: _ApplyOutput,
+    problems: tuple[str, ...],
+    *,
+    shard: Shard | None,
+    listing: _ListingProgress,
 ) -> Reporter:
     """The run's reporters: the tally behind the summary's bytes, the events of --json,
     and the human progress (a terminal's bars, or a log's plain lines)."""
+    listing.finish()  # the listing is over once there is a plan to report
     reporters: list[Reporter] = [out.tally]
     if out.events is not None:
         # With --json, stdout carries the events and stderr still the human progress.
@@ -1030,15 +1090,15 @@ def _make_reporter(
     if not _ctx.quiet:
         label = f"{shard.index}/{shard.count}" if shard is not None else None
 
-        def staged(batch: TransferBatch) -> int:
-            return staged_bytes(batch.staging, ((f.path, f.size) for f in batch.files))
-
         if sys.stderr.isatty():
-            reporters.append(RichReporter(Console(stderr=True), shard=label, staged=staged))
-        else:
-            reporters.append(
-                LineReporter(lambda line: typer.echo(line, err=True), shard=label, staged=staged)
+            human: Reporter = RichReporter(
+                Console(stderr=True), shard=label, staged=staged_before
             )
+        else:
+            human = LineReporter(
+                lambda line: typer.echo(line, err=True), shard=label, staged=staged_before
+            )
+        reporters.append(human)
     return TeeReporter(reporters)
 
 

@@ -5,7 +5,7 @@ Every line is one JSON object that starts with the same envelope::
     {"schema": "immsync.events/1", "seq": 3, "time": "2026-01-02T03:04:05.678Z",
      "type": "file_verified", ...}
 
-``type`` is one of ``plan``, ``transfer_started``, ``transfer_finished``,
+``type`` is one of ``listing``, ``plan``, ``transfer_started``, ``transfer_finished``,
 ``transfer_retried``, ``file_verified``, ``file_failed``, ``file_deleted``, ``summary``
 and ``error``; the fields of each are in ``schemas/events.schema.json``. A run's last
 line is its ``summary`` (the same document ``apply --json`` printed before the stream
@@ -32,13 +32,14 @@ from typing import Any
 
 from .errors import ImmsyncError
 from .lockfile import write_text_atomic
-from .model import Action, FileOutcome, Plan, ProgressEvent, TransferBatch
+from .model import Action, FileOutcome, ListingStatus, Plan, ProgressEvent, TransferBatch
 from .ports import Reporter
 
 SCHEMA = "immsync.events/1"
 """The value of every event's ``schema`` field."""
 
 EVENT_TYPES = (
+    "listing",
     "plan",
     "transfer_started",
     "transfer_finished",
@@ -102,6 +103,16 @@ class EventStream:
     def error(self, exc: ImmsyncError) -> None:
         """The closing event of a run that failed before it could summarise."""
         self.emit("error", error_to_json(exc))
+
+
+def listing_to_json(status: ListingStatus) -> dict[str, Any]:
+    """The fields of a ``listing`` event: how far the listing of ImmPort has come."""
+    return {
+        "study": status.study,
+        "studies_started": status.studies_started,
+        "studies_total": status.studies_total,
+        "files_seen": status.files_seen,
+    }
 
 
 def error_to_json(exc: ImmsyncError) -> dict[str, Any]:

@@ -310,6 +310,21 @@ class ProgressEvent:
 ProgressCallback = Callable[[ProgressEvent], None]
 
 
+@dataclass(frozen=True, slots=True)
+class ListingStatus:
+    """How far a listing has come."""
+
+    study: str
+    """The study being listed, or last listed."""
+    studies_started: int
+    """Studies whose listing began, this one included."""
+    studies_total: int
+    files_seen: int
+    """Files listed so far, in every study (before the manifest's selection)."""
+    listed: bool
+    """Whether *study*'s path just listed (False: it is starting)."""
+
+
 MAX_NAME_BYTES = 255
 """The longest file or folder name most file systems take (NAME_MAX), in UTF-8 bytes."""
 MAX_PATH_BYTES = 4096

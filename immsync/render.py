@@ -27,8 +27,16 @@ from rich.text import Text
 
 from .check import FileCheck, FileState
 from .errors import ImmsyncError
-from .model import Action, FileOutcome, Plan, ProgressEvent, Report, TransferBatch
-from .staging import staged_name
+from .model import (
+    Action,
+    FileOutcome,
+    ListingStatus,
+    Plan,
+    ProgressEvent,
+    Report,
+    TransferBatch,
+)
+from .staging import staged_bytes, staged_name
 from .units import count, format_duration, format_rate
 from .units import format_size as format_size
 
@@ -510,6 +518,11 @@ def _title(shard: str | None) -> str:
     return f"shard {shard}: " if shard else ""
 
 
+def staged_before(batch: TransferBatch) -> int:
+    """Bytes of *batch*'s files in staging as its session starts (see ``staged_bytes``)."""
+    return staged_bytes(batch.staging, ((f.path, f.size) for f in batch.files))
+
+
 def _staged_words(staged: int) -> str:
     return f"{format_size(staged)} of it already staged by an earlier run, resumed"
 
@@ -800,3 +813,104 @@ class RichReporter:
 def _files_info(task: Task) -> str:
     """``3 of 10 files``."""
     return f"{int(task.completed)} of {count(int(task.total or 0), 'file')}"
+
+
+# -- listing progress ------------------------------------------------------------------
+
+
+def listing_words(status: ListingStatus) -> str:
+    """``listing ImmPort: study 2 of 5 (SDY269), 1234 files so far``."""
+    return (
+        f"listing ImmPort: study {status.studies_started} of {status.studies_total} "
+        f"({status.study}), {count(status.files_seen, 'file')} so far"
+    )
+
+
+class ListingLines:
+    """Listing progress for logs: nothing for a listing done within *first_after*
+    seconds; then the latest status, and every *interval* seconds again; at the end, one
+    line with the totals. Call it with each status; ``finish`` when the listing is over.
+    """
+
+    def __init__(
+        self,
+        write: Callable[[str], None],
+        *,
+        first_after: float = 1.0,
+        interval: float = 5.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._write = write
+        self._first_after = first_after
+        self._interval = interval
+        self._clock = clock
+        self._started = clock()
+        self._lock = threading.Lock()
+        self._status: ListingStatus | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._wrote = False
+
+    def __call__(self, status: ListingStatus) -> None:
+        with self._lock:
+            self._status = status
+            if self._thread is None and not self._stop.is_set():
+                self._thread = threading.Thread(
+                    target=self._tick, name="immsync-listing", daemon=True
+                )
+                self._thread.start()
+
+    def _tick(self) -> None:
+        wait = self._first_after
+        while not self._stop.wait(wait):
+            with self._lock:
+                status = self._status
+                if status is None or self._stop.is_set():
+                    return
+                self._wrote = True
+                self._write(visible(listing_words(status)))
+            wait = self._interval
+
+    def finish(self) -> None:
+        """The listing is over (or failed): stop, and sum up if progress was shown."""
+        with self._lock:
+            if self._stop.is_set():
+                return
+            self._stop.set()
+            thread, status, wrote = self._thread, self._status, self._wrote
+        if thread is not None:
+            thread.join()
+        if wrote and status is not None:
+            self._write(
+                f"listed {count(status.studies_started, 'study', 'studies')}, "
+                f"{count(status.files_seen, 'file')} in "
+                f"{format_duration(self._clock() - self._started)}"
+            )
+
+
+class ListingStatusLine:
+    """Listing progress for terminals: one line redrawn in place, gone when it is over."""
+
+    def __init__(self, console: Console) -> None:
+        self._console = console
+        self._lock = threading.Lock()
+        self._status: Any = None
+        self._finished = False
+
+    def __call__(self, status: ListingStatus) -> None:
+        text = Text(visible(listing_words(status)))
+        with self._lock:
+            if self._finished:
+                return
+            if self._status is None:
+                self._status = self._console.status(text)
+                self._status.start()
+            else:
+                self._status.update(text)
+
+    def finish(self) -> None:
+        with self._lock:
+            self._finished = True
+            if self._status is not None:
+                self._status.stop()
+                self._status = None

@@ -65,14 +65,16 @@ def command(world: World) -> list[str]:
     ]
 
 
-def run_on_terminal(world: World) -> tuple[int, str]:
-    """Run apply with stderr on a 160-column pseudo-terminal: (exit code, what it drew)."""
+def run_on_terminal(world: World, args: list[str] | None = None) -> tuple[int, str]:
+    """Run immsync (apply, or *args*) with stderr on a 160-column pseudo-terminal:
+    (exit code, what it drew)."""
     controller, terminal = os.openpty()
     fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 160, 0, 0))
     env = {**os.environ, **world.env, "TERM": "xterm-256color", "COLUMNS": "160"}
     env.pop("NO_COLOR", None)
+    argv = command(world) if args is None else [sys.executable, "-m", "immsync", *args]
     proc = subprocess.Popen(
-        command(world), env=env, cwd=world.root, stdin=subprocess.DEVNULL,
+        argv, env=env, cwd=world.root, stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL, stderr=terminal,
     )
     os.close(terminal)

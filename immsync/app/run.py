@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import LockDrift, StateError, UsageError
 from ..lockfile import LockFile, PinnedCatalog, compare, lock_path
-from ..model import Manifest, ManifestSelection, Report, StateEntry
+from ..model import ListingStatus, Manifest, ManifestSelection, Report, StateEntry
 from ..ports import Reporter
 from ..shard import (
     Shard,
@@ -37,6 +37,7 @@ from ..state import StateStore, manifest_label, shown_label, state_path
 from ..sync import Applier, Survey, SyncOptions, survey
 from ..units import count
 from .config import HTTPS_JOBS, Environment
+from .listing import ObservedCatalog
 from .transport import choose
 
 if TYPE_CHECKING:
@@ -55,6 +56,8 @@ class Scope:
     """Compare upstream MD5s of unchanged files too (``--checksum``, ``--frozen``)."""
     prune: bool = False
     """Plan deletions to carry out (``--prune``), not only to report."""
+    observe_listing: Callable[[ListingStatus], None] | None = None
+    """Told how far the listing has come, study by study (for progress)."""
 
     @contextmanager
     def open_state(self, manifest: Manifest, *, create: bool) -> Iterator[StateStore]:
@@ -87,6 +90,8 @@ class Scope:
         catalog: Any = (
             client.catalog if self.pinned is None else PinnedCatalog(client.catalog, self.pinned)
         )
+        if self.observe_listing is not None:
+            catalog = ObservedCatalog(catalog, len(manifest.studies), self.observe_listing)
         found = survey(
             manifest,
             catalog,
