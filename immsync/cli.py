@@ -64,6 +64,7 @@ from .manifest import load_manifest
 from .model import ListingStatus, Manifest, Report
 from .ports import Reporter
 from .render import (
+    PLAN_LIMIT,
     LineReporter,
     ListingLines,
     ListingStatusLine,
@@ -340,6 +341,16 @@ def plan(
     ] = False,
     prune: PruneOpt = False,
     max_delete: MaxDeleteOpt = "50%",
+    limit: Annotated[
+        int,
+        typer.Option(
+            "--limit",
+            min=0,
+            metavar="N",
+            help="List at most N files; a longer plan is also summed up by folder. 0 lists "
+            "every file. --json always lists every file.",
+        ),
+    ] = PLAN_LIMIT,
     api_key_file: ApiKeyFileOpt = None,
     password_stdin: PasswordStdinOpt = False,
     allow_insecure_http: InsecureHttpOpt = False,
@@ -392,7 +403,7 @@ def plan(
             sys.stdout.flush()
         else:
             for line in [
-                *plan_lines(found.plan),
+                *plan_lines(found.plan, limit=limit),
                 *(f"note: {n}" for n in found.plan.notes),
                 *(f"note: lock: {d}" for d in drift),
             ]:
@@ -678,7 +689,7 @@ def _finish_apply(
     out.summary(report, problems, exit_code=exit_code)
     if out.events is None:
         if report.dry_run:
-            for line in plan_lines(report.plan):
+            for line in plan_lines(report.plan, limit=PLAN_LIMIT):
                 _out(line)
             _out(plan_summary(report.plan, unlisted=unlisted))
         else:

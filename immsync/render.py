@@ -11,6 +11,7 @@ import logging
 import re
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -32,6 +33,7 @@ from .model import (
     FileOutcome,
     ListingStatus,
     Plan,
+    PlanItem,
     ProgressEvent,
     Report,
     TransferBatch,
@@ -149,22 +151,65 @@ def _kept_sentence(plan: Plan) -> str:
     return f" {files} kept; `--prune` removes them."
 
 
-def plan_lines(plan: Plan) -> list[str]:
-    """One aligned line per pending action, deletions first.
+PLAN_LIMIT = 100
+"""How many files a human plan lists by default (``plan --limit``)."""
+
+
+def plan_lines(plan: Plan, *, limit: int = 0) -> list[str]:
+    """One aligned line per pending action, deletions first; kept files last.
 
     Deletions lead so that a prune a user did not intend is the first thing they read,
-    not something lost among the downloads.
+    not something lost among the downloads. With a *limit* (0: none) smaller than the
+    plan, a summary by folder comes first, then the first *limit* lines and how to see
+    them all.
     """
     pending = sorted(plan.pending, key=lambda i: i.action is not Action.DELETE)
     shown = [(i.action.value, i, i.reason) for i in pending]
     shown += [("keep", i, f"{i.reason}; kept without --prune") for i in plan.kept]
     if not shown:
         return []
+    if not limit or len(shown) <= limit:
+        return _aligned(shown)
+    return [
+        *_folder_lines(shown),
+        f"The first {limit} of {count(len(shown), 'file')} (deletions first; "
+        "`--limit 0` lists every file):",
+        *_aligned(shown[:limit]),
+    ]
+
+
+def _aligned(shown: Sequence[tuple[str, PlanItem, str]]) -> list[str]:
     width = max(len(label) for label, _, _ in shown)
     return [
-        f"  {label:<{width}}  {format_size(i.size):>10}  {i.path}  ({reason})"
+        f"  {label:<{width}}  {format_size(i.size):>10}  {visible(i.path)}  ({reason})"
         for label, i, reason in shown
     ]
+
+
+def plan_folder(path: str) -> str:
+    """The folder a plan groups *path* under: the study and its top folder
+    (``SDY1/ResultFiles``), or the study for a file at its root."""
+    parts = path.split("/")
+    return "/".join(parts[:2]) if len(parts) > 2 else parts[0]
+
+
+def _folder_lines(shown: Sequence[tuple[str, PlanItem, str]]) -> list[str]:
+    """Per folder: how many files, how large, and what is done with them."""
+    folders: dict[str, tuple[int, int, Counter[str]]] = {}
+    for label, item, _ in shown:
+        files, size, actions = folders.get(plan_folder(item.path), (0, 0, Counter()))
+        actions[label] += 1
+        folders[plan_folder(item.path)] = (files + 1, size + item.size, actions)
+    width = max(len(visible(f)) for f in folders)
+    total = sum(item.size for _, item, _ in shown)
+    lines = [f"By folder ({count(len(shown), 'file')}, {format_size(total)}):"]
+    for folder, (files, size, actions) in sorted(folders.items()):
+        what = ", ".join(f"{n} {label}" for label, n in sorted(actions.items()))
+        lines.append(
+            f"  {visible(folder):<{width}}  {count(files, 'file'):>11}  {format_size(size):>10}"
+            f"  ({what})"
+        )
+    return lines
 
 
 # -- apply -----------------------------------------------------------------------------
