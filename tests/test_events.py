@@ -51,6 +51,9 @@ class TestStream:
         result = world.apply("--json", "--jobs", "2", "--batch-files", "2")
         assert result.exit_code == 0, result.output
         events = events_of(result.stdout)
+        listing = [e for e in events if e["type"] == "listing"]
+        assert [e["type"] for e in events[: len(listing)]] == ["listing"] * len(listing)
+        events = events[len(listing) :]  # the listing, path by path, comes first
         assert events[0]["type"] == "plan"
         assert events[-1]["type"] == "summary"
         expected = sorted(
@@ -133,7 +136,7 @@ class TestStream:
         result = world.apply("--json", "--dry-run")
         assert result.exit_code == 0, result.output
         events = events_of(result.stdout)
-        assert [e["type"] for e in events] == ["plan", "summary"]
+        assert [e["type"] for e in events] == ["listing", "listing", "plan", "summary"]
         assert events[-1]["result"]["dry_run"] is True
         assert world.sessions() == []
 
