@@ -75,7 +75,7 @@ def test_default_leaves_archived_releases_out_and_says_how_many_and_how_large(to
     assert today.local_files() == wanted
     assert len(wanted) == 17  # 24 files upstream, 7 of them archived releases
 
-    again = events(today.apply("--json"))
+    again = [e for e in events(today.apply("--json")) if e["type"] != "listing"]
     assert again[0]["type"] == "plan"
     assert again[0]["plan"]["notes"] == [SDY1_NOTE, SDY269_NOTE]
     assert again[-1]["plan"]["notes"] == [SDY1_NOTE, SDY269_NOTE]
