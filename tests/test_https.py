@@ -534,7 +534,9 @@ def test_terminate_stops_downloads_promptly(
     def run() -> None:
         try:
             transfer.fetch(
-                TransferBatch(remote(tree, BIG), staging, "b1"), lambda _e: started.set()
+                TransferBatch(remote(tree, BIG), staging, "b1"),
+                # Once bytes arrived: the body's first event says where it starts.
+                lambda e: started.set() if e.bytes_done else None,
             )
         except BaseException as exc:  # handed to the test thread
             outcome.append(exc)
