@@ -18,6 +18,7 @@ FIGURES = {
     "memory",
     "https",
     "https_concurrency",
+    "progress_bookkeeping",
 }
 FIGURES |= {"drs_first_sync", "drs_noop_apply", "manifest_memory"}  # today's ImmPort
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import re
-import time
 from pathlib import Path
 
 from rich.console import Console
@@ -76,11 +75,11 @@ def test_the_log_reporter_writes_plain_lines_at_intervals(tmp_path: Path):
     assert not any("\r" in line for line in lines)
 
 
-def test_many_files_in_flight_cost_constant_time_each(tmp_path: Path):
-    """20,000 files reported in flight, then done: linear in files, not quadratic.
+def test_many_files_in_flight_add_up(tmp_path: Path):
+    """20,000 files reported in flight, then done: the totals add up.
 
-    Each completion once rescanned every file still in flight: 20,000 files took
-    minutes. Now each event costs the same however many are in flight.
+    How the cost per file stays flat as files in flight grow is a benchmark figure
+    (``progress_bookkeeping`` in BENCHMARKS.md), not a timed test.
     """
     n = 20_000
     files = tuple(RemoteFile(f"SDY1/ResultFiles/f{i:05d}.txt", 10, "t") for i in range(n))
@@ -90,7 +89,6 @@ def test_many_files_in_flight_cost_constant_time_each(tmp_path: Path):
     lines: list[str] = []
     clock = FakeClock()
     reporter = LineReporter(lines.append, interval=3600.0, clock=clock)
-    started = time.perf_counter()
     reporter.plan_ready(plan)
     reporter.batch_started(TransferBatch(files=files, staging=tmp_path, label="batch 1/1"))
     for f in files:
@@ -98,8 +96,6 @@ def test_many_files_in_flight_cost_constant_time_each(tmp_path: Path):
         reporter.progress(ProgressEvent("batch 1/1", name, percent=100, bytes_done=10))
     for f in files:
         reporter.file_done(FileOutcome(f.path, Action.DOWNLOAD, ok=True, size=10))
-    elapsed = time.perf_counter() - started
-    assert elapsed < 3.0, f"{n} files took {elapsed:.1f} s"
     clock.advance(3600.0)  # the next event writes a progress line: the totals add up
     reporter.file_done(FileOutcome("SDY1/gone.txt", Action.DELETE, ok=True))
     assert lines[-1].startswith(f"progress: {n}/{n} files, 195.3 KiB of 195.3 KiB"), lines[-1]
