@@ -46,3 +46,10 @@ def test_readme_names_the_two_newcomer_commands():
     for target in ("demo", "test"):
         assert f"make {target}" in README
         assert re.search(rf"^{target}:", makefile, re.M)
+
+
+def test_the_jobs_defaults_in_the_readme_are_the_code_s():
+    """The option table's `--jobs` defaults are the ones apply uses."""
+    from immsync.app.config import ASCP_JOBS, HTTPS_JOBS
+
+    assert f"[{ASCP_JOBS} for `ascp`, {HTTPS_JOBS} over HTTPS]" in README
