@@ -486,30 +486,10 @@ class StateStore:
         rows: Sequence[tuple[object, ...]],
         *also: tuple[str, Sequence[tuple[object, ...]]],
     ) -> None:
-        with self._write_lock:
-            self._write_locked(sql, rows, *also)
-
-    def _write_locked(
-        self,
-        sql: str,
-        rows: Sequence[tuple[object, ...]],
-        *also: tuple[str, Sequence[tuple[object, ...]]],
-    ) -> None:
-        try:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                self._db.executemany(sql, rows)
-                for extra_sql, extra_rows in also:
-                    self._db.executemany(extra_sql, extra_rows)
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
-        except sqlite3.OperationalError as exc:
-            raise StateError(
-                f"cannot write the state file {self.path}: {exc}",
-                hint="check free space and permissions on the destination",
-            ) from exc
+        with self._write_lock, self._transaction():
+            self._db.executemany(sql, rows)
+            for extra_sql, extra_rows in also:
+                self._db.executemany(extra_sql, extra_rows)
 
     def close(self) -> None:
         self._db.close()
