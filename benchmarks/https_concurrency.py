@@ -30,10 +30,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import requests
-
 from immsync.https import DEFAULT_JOBS, HttpsTransfer
 from immsync.immport import Credentials, ImmportClient, load_api_key_file
+from immsync.immport.wire import api_session
 from immsync.model import RemoteFile, TransferBatch
 from immsync.testing.sampledata import build_many_files
 
@@ -77,7 +76,7 @@ def emulator_process(docroot: Path, key_file: Path) -> Iterator[dict[str, str]]:
 def make_client(urls: dict[str, str]) -> ImmportClient:
     key, _warnings = load_api_key_file(Path(urls["api_key_file"]))
     return ImmportClient(
-        requests.Session(),
+        api_session(),
         token_url=urls["token_url"],
         data_url=urls["data_url"],
         query_url=urls["query_url"],

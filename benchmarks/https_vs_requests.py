@@ -36,6 +36,7 @@ import requests
 
 from immsync.https import HttpsTransfer
 from immsync.immport import Credentials, ImmportClient
+from immsync.immport.wire import api_session
 from immsync.model import RemoteFile, TransferBatch
 
 MIB = 1024 * 1024
@@ -86,7 +87,7 @@ def emulator_process(docroot: Path) -> Iterator[dict[str, str]]:
 
 def make_client(urls: dict[str, str]) -> ImmportClient:
     return ImmportClient(
-        requests.Session(),
+        api_session(),
         token_url=urls["token_url"],
         data_url=urls["data_url"],
         query_url=urls["query_url"],

@@ -14,10 +14,9 @@ import argparse
 import os
 import sys
 
-import requests
-
 from immsync import __version__
 from immsync.immport import Credentials, ImmportClient
+from immsync.immport.wire import api_session
 
 
 def main() -> int:
@@ -25,10 +24,8 @@ def main() -> int:
     parser.add_argument("--workers", type=int, required=True)
     parser.add_argument("roots", nargs="+")
     options = parser.parse_args()
-    session = requests.Session()
-    session.headers["User-Agent"] = f"immsync/{__version__}"
     client = ImmportClient(
-        session,
+        api_session(f"immsync/{__version__}"),
         token_url=os.environ["IMMPORT_TOKEN_URL"],
         data_url=os.environ["IMMPORT_DATA_API_BASE_URL"],
         query_url=None,

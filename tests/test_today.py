@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -22,6 +23,7 @@ from conftest import World
 
 from immsync.errors import ExitCode
 from immsync.state import StateStore, state_path
+from immsync.testing.sampledata import write_file
 
 ROUTE = "/data/query/api/study/manifest/"
 WANTED = """\
@@ -290,6 +292,24 @@ class TestRealRowShapes:
         assert "bad\\nname.txt': it contains a line break" in problems
         assert result.exit_code == ExitCode.REMOTE
         assert DESIGN in [a["path"] for a in result.json()["actions"]]
+
+
+class TestConnections:
+    def test_sixteen_downloads_at_once_reuse_the_api_connections(
+        self, today: World, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """Every download thread asks the API for its link: the shared pools hold
+        enough connections for all of them, so none is dropped and opened again."""
+        for n in range(48):
+            write_file(today.remote, f"SDY1/ResultFiles/Many/f{n:02d}.txt", f"file {n}\n")
+        today.write_manifest("  - accession: SDY1\n    paths: [ResultFiles/Many]\n")
+        today.emulator.latency = 0.05  # the link requests overlap, as over a real network
+        with caplog.at_level(logging.WARNING, logger="urllib3"):
+            result = today.apply("--jobs", "16")
+        assert result.exit_code == 0, result.output
+        assert len(today.local_files()) == 48
+        dropped = [r.getMessage() for r in caplog.records if "pool is full" in r.getMessage()]
+        assert dropped == []
 
 
 class TestTheDemo:

@@ -155,14 +155,11 @@ def connect(
     env: Environment, api_key_file: Path | None, *, allow_insecure_http: bool
 ) -> ImmportClient:
     """The ImmPort client for this run, its credentials checked before any request."""
-    import requests
-
     from ..immport import ImmportClient, ListingLimits, ManifestLimits
+    from ..immport.wire import api_session
 
-    session = requests.Session()
-    session.headers["User-Agent"] = f"immsync/{__version__}"
     return ImmportClient(
-        session,
+        api_session(f"immsync/{__version__}"),
         token_url=env.token_url,
         data_url=env.data_url,
         query_url=env.query_url,

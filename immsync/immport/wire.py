@@ -44,6 +44,9 @@ REQUEST_DEADLINE = 300.0
 """Seconds one API request may take in all, however slowly its reply trickles in."""
 
 MIN_SECRET_LENGTH = 4
+# Idle connections kept per host: more than a run's threads calling the API at once
+# (--jobs is at most 16, a listing uses 8 workers).
+API_CONNECTIONS = 32
 """Shorter values are not redacted: hiding ``Max`` inside words would reveal it."""
 
 _SIGN_IN_GUARD = redirect_guard(NO_REDIRECTS)
@@ -417,6 +420,22 @@ def _headers_as_given(request: requests.PreparedRequest) -> requests.PreparedReq
 def _first_line(exc: BaseException) -> str:
     lines = str(exc).strip().splitlines()
     return (lines[0] if lines else type(exc).__name__)[:300]
+
+
+def api_session(user_agent: str | None = None) -> requests.Session:
+    """A session for the ImmPort API, its connection pools sized for a whole run.
+
+    Every thread of a run (the listing's workers, and up to ``--jobs`` transfers
+    resolving links or asking for tokens) shares these pools. requests keeps 10 idle
+    connections a host; past that each call would open, and then drop, a connection of
+    its own: a new TCP and TLS handshake per request.
+    """
+    session = requests.Session()
+    if user_agent is not None:
+        session.headers["User-Agent"] = user_agent
+    for prefix in ("https://", "http://"):
+        session.mount(prefix, requests.adapters.HTTPAdapter(pool_maxsize=API_CONNECTIONS))
+    return session
 
 
 def clone_session(base: requests.Session) -> requests.Session:
