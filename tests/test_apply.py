@@ -137,6 +137,22 @@ class TestRerun:
         assert after == ["/auth/token", route, "/auth/token", route], after
         assert world.emulator.count("/data/list") == 0
 
+    def test_without_the_manifest_each_folder_is_listed_once(self, world: World):
+        """A deployment with only the folder listing: the probe that tells it from a
+        missing study is the first level of the study's walk, not a second listing."""
+        world.emulator.manifest_route = False
+        world.write_manifest("  - accession: SDY1\n")
+        assert world.apply().exit_code == 0
+        log = world.emulator.requests_log
+        listed = [r.json_body["path"] for r in log if r.path == "/data/list"]
+        assert listed, "the study was listed folder by folder"
+        assert sorted(listed) == sorted(set(listed)), listed
+        assert world.local_files() == sorted(
+            p.relative_to(world.remote).as_posix()
+            for p in (world.remote / "SDY1").rglob("*")
+            if p.is_file()
+        )
+
     def test_new_bytes_behind_the_same_size_and_time_are_caught(self, world: World):
         """New bytes upstream, same size and listed second: the manifest's MD5 tells."""
         world.write_manifest(SDY1_FLOW_AND_STUDY)

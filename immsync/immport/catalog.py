@@ -296,7 +296,8 @@ class StudyCatalog:
         self, accession: str, workers: int, on_unsafe: Callable[[str, str], None] | None
     ) -> StudyContents:
         if self.query_url is None:
-            self._listing.list_path(f"/{accession}")  # raises RemoteNotFound if absent
+            # Raises RemoteNotFound if absent; a walk of the study starts from it.
+            self._listing.list_path(f"/{accession}", keep=True)
             return StudyContents((), "listing")
         try:
             rows = self._manifest_rows(accession, on_unsafe)
@@ -319,7 +320,7 @@ class StudyCatalog:
         # The manifest endpoint answered 404 and has never answered otherwise: either
         # the study does not exist, or this deployment predates the manifest.
         try:
-            self._listing.list_path(f"/{accession}")
+            self._listing.list_path(f"/{accession}", keep=True)
         except RemoteNotFound:
             raise RemoteNotFound(
                 f"{accession}: not found on ImmPort (neither its study file manifest nor "

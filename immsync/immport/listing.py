@@ -10,6 +10,7 @@ the destination or make a run list forever.
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable, Mapping
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
@@ -103,15 +104,27 @@ class LegacyListing:
         self._api = api
         self.data_url = data_url
         self.limits = limits or ListingLimits()
+        self._kept: dict[str, Listing] = {}
+        self._kept_lock = threading.Lock()
 
-    def list_path(self, path: str) -> Listing:
+    def list_path(self, path: str, *, keep: bool = False) -> Listing:
         """List one level of an ImmPort folder, or describe one file.
+
+        With *keep*, the next ``walk`` from *path* starts from this listing instead of
+        asking again: a probe of a study's folder is then the first level of its walk.
 
         Raises:
             RemoteNotFound: ImmPort has no such path (or no listing endpoint).
             AuthError, ApiError: as for every call.
         """
         path = remote_form(path)
+        listing = self._list(path)
+        if keep:
+            with self._kept_lock:
+                self._kept[path] = listing
+        return listing
+
+    def _list(self, path: str) -> Listing:
         endpoint = f"POST {self.data_url}/list"
         try:
             doc = self._api.call(
@@ -168,7 +181,9 @@ class LegacyListing:
                 "exclude this folder in the manifest or report it to ImmPort",
             )
 
-        top = self.list_path(start)
+        with self._kept_lock:
+            kept = self._kept.pop(start, None)
+        top = kept if kept is not None else self.list_path(start)
         if top.self_entry.type == "file":
             if remote_form(top.self_entry.path) != start:
                 refuse(top.self_entry.path, f"a listing of {start} describes another path", start)
