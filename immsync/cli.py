@@ -792,7 +792,9 @@ def lock_command(
         loaded = _load(manifest)
         env = Environment.read(os.environ)
         client = _connect(env, api_key_file, password_stdin, allow_insecure_http)
-        remote = survey_remote(loaded, client.catalog)
+        with _ListingProgress(None) as listing:
+            catalog = ObservedCatalog(client.catalog, len(loaded.studies), listing)
+            remote = survey_remote(loaded, catalog)
         if remote.problems:
             raise SyncFailed(
                 "the lock file was not written: some selected paths could not be listed:",

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import re
 
+import pytest
 from conftest import World
 from test_progress_cli import run_on_terminal
 
@@ -17,10 +18,11 @@ TWO_STUDIES = "  - accession: SDY1\n  - accession: SDY269\n"
 LINE = re.compile(r"^listing ImmPort: study ([12]) of 2 \((SDY1|SDY269)\), (\d+) files? so far$")
 
 
-def test_a_slow_listing_gets_a_quiet_line_in_a_log(today: World):
+@pytest.mark.parametrize("command", ["plan", "lock"])
+def test_a_slow_listing_gets_a_quiet_line_in_a_log(today: World, command: str):
     today.write_manifest(TWO_STUDIES)
     today.emulator.latency = 0.7  # each study's manifest: over a second in all
-    result = today.run("plan", str(today.manifest_path))
+    result = today.run(command, str(today.manifest_path))
     assert result.exit_code == 0, result.output
     lines = result.stderr.splitlines()
     progress = [line for line in lines if line.startswith("listing ImmPort:")]
