@@ -224,6 +224,16 @@ MaxDeleteOpt = Annotated[
         rich_help_panel="Deleting",
     ),
 ]
+LimitOpt = Annotated[
+    int,
+    typer.Option(
+        "--limit",
+        min=0,
+        metavar="N",
+        help="List at most N files of the plan (plan, apply --dry-run); a longer plan is "
+        "also summed up by folder. 0 lists every file. --json always lists every file.",
+    ),
+]
 ChecksumOpt = Annotated[
     bool,
     typer.Option(
@@ -341,16 +351,7 @@ def plan(
     ] = False,
     prune: PruneOpt = False,
     max_delete: MaxDeleteOpt = "50%",
-    limit: Annotated[
-        int,
-        typer.Option(
-            "--limit",
-            min=0,
-            metavar="N",
-            help="List at most N files; a longer plan is also summed up by folder. 0 lists "
-            "every file. --json always lists every file.",
-        ),
-    ] = PLAN_LIMIT,
+    limit: LimitOpt = PLAN_LIMIT,
     api_key_file: ApiKeyFileOpt = None,
     password_stdin: PasswordStdinOpt = False,
     allow_insecure_http: InsecureHttpOpt = False,
@@ -454,6 +455,7 @@ def apply(
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Plan and report, change nothing.")
     ] = False,
+    limit: LimitOpt = PLAN_LIMIT,
     batch_files: Annotated[
         int,
         typer.Option(
@@ -625,6 +627,7 @@ def apply(
                 out,
                 unlisted=len(found.remote.failed_roots),
                 listing_hint=found.remote.hint,
+                plan_limit=limit,
             )
             return
         main_lock = destination_lock_path(loaded.destination)
@@ -683,13 +686,14 @@ def _finish_apply(
     *,
     unlisted: int,
     listing_hint: str,
+    plan_limit: int = PLAN_LIMIT,
 ) -> None:
     failures = tuple(f"{f.path}: {f.error}" for f in report.failures)
     exit_code = ExitCode.TRANSFER if failures else ExitCode.REMOTE if problems else ExitCode.OK
     out.summary(report, problems, exit_code=exit_code)
     if out.events is None:
         if report.dry_run:
-            for line in plan_lines(report.plan, limit=PLAN_LIMIT):
+            for line in plan_lines(report.plan, limit=plan_limit):
                 _out(line)
             _out(plan_summary(report.plan, unlisted=unlisted))
         else:

@@ -56,3 +56,14 @@ def test_json_lists_every_file_whatever_the_limit(world: World):
     full = world.run("plan", str(world.manifest_path), "--json", "--limit", "3").json()
     lines = planned(world, "--limit", "0")
     assert len(full["actions"]) == sum(bool(ACTION.match(line)) for line in lines)
+
+
+def test_apply_dry_run_takes_the_same_limit(world: World):
+    add_study(world, 250)
+    world.write_manifest(MANY)
+    result = world.run("apply", str(world.manifest_path), "--dry-run", "--limit", "7")
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert sum(bool(ACTION.match(line)) for line in lines) == 7
+    assert any(line.startswith("The first 7 of ") for line in lines), lines
+    assert world.local_files() == []
