@@ -20,7 +20,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -414,3 +414,25 @@ def remove_tree(path: Path) -> None:
 
 def now() -> float:
     return time.perf_counter()
+
+
+@contextlib.contextmanager
+def emulator_process(*args: str, env: Mapping[str, str] | None = None) -> Iterator[dict[str, Any]]:
+    """``python -m immsync.testing.emulator ARGS`` as a process of its own, so that its
+    work is not counted in the measuring process; yields the URLs it prints first."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "immsync.testing.emulator", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        env=dict(env if env is not None else os.environ),
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        if not line:
+            raise RuntimeError("the emulator did not start")
+        yield json.loads(line)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)

@@ -1,6 +1,6 @@
 """The HTTPS transport on many small files at 1, 4, 8 and 16 files at once.
 
-``python benchmarks/https_concurrency.py [--quick] [--rounds N] [--json]``
+``python -m benchmarks.https_concurrency [--quick] [--rounds N] [--json]``
 
 300 files of 4 KiB (``--quick``: 40) are served by the ImmPort emulator in today's world
 (API key, GA4GH DRS), started as its own process with 20 ms added to every request, the
@@ -18,15 +18,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -36,41 +32,13 @@ from immsync.immport.wire import api_session
 from immsync.model import RemoteFile, TransferBatch
 from immsync.testing.sampledata import build_many_files
 
+from . import common
+
 ACCESSION = "SDY300"
 FILE_SIZE = 4096
 LATENCY = 0.02
 CONCURRENCY = (1, 4, 8, 16)
 MTIME = "2017-06-15T13:06:07Z"
-
-
-@contextmanager
-def emulator_process(docroot: Path, key_file: Path) -> Iterator[dict[str, str]]:
-    """Today's ImmPort, ``python -m immsync.testing.emulator``, with LATENCY per request."""
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "immsync.testing.emulator",
-            "--docroot",
-            str(docroot),
-            "--latency",
-            str(LATENCY),
-            "--api-key-file",
-            str(key_file),
-        ],
-        stdout=subprocess.PIPE,
-        env=dict(os.environ),
-        text=True,
-    )
-    try:
-        assert proc.stdout is not None
-        line = proc.stdout.readline()
-        if not line:
-            raise RuntimeError("the emulator did not start")
-        yield json.loads(line)
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
 
 
 def make_client(urls: dict[str, str]) -> ImmportClient:
@@ -119,7 +87,14 @@ def measure(workdir: Path, *, quick: bool = False, rounds: int | None = None) ->
     rounds = rounds or (1 if quick else 3)
     build_many_files(workdir / "immport", ACCESSION, count, FILE_SIZE)
     seconds: dict[int, list[float]] = {jobs: [] for jobs in CONCURRENCY}
-    with emulator_process(workdir / "immport", workdir / "api-key.json") as urls:
+    with common.emulator_process(
+        "--docroot",
+        str(workdir / "immport"),
+        "--latency",
+        str(LATENCY),
+        "--api-key-file",
+        str(workdir / "api-key.json"),
+    ) as urls:
         timed(urls, max(CONCURRENCY), workdir / "warm-up")  # the emulator's MD5 cache
         for n in range(rounds):
             order = CONCURRENCY[n % len(CONCURRENCY) :] + CONCURRENCY[: n % len(CONCURRENCY)]

@@ -1,6 +1,6 @@
 """immsync's HTTPS transport against a plain ``requests`` download loop, over the same links.
 
-``python benchmarks/https_vs_requests.py [--quick] [--rounds N] [--json]``
+``python -m benchmarks.https_vs_requests [--quick] [--rounds N] [--json]``
 
 1 GiB in 16 files (``--quick``: 32 MiB) is served by the ImmPort emulator, started as
 its own process so that serving costs this process no CPU or GIL time. Each round
@@ -23,12 +23,10 @@ import json
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +36,8 @@ from immsync.https import HttpsTransfer
 from immsync.immport import Credentials, ImmportClient
 from immsync.immport.wire import api_session
 from immsync.model import RemoteFile, TransferBatch
+
+from . import common
 
 MIB = 1024 * 1024
 FILES = 16
@@ -62,27 +62,6 @@ def build_tree(root: Path, file_size: int) -> list[RemoteFile]:
                 left -= step
         files.append(RemoteFile(target.relative_to(root).as_posix(), file_size, MTIME))
     return files
-
-
-@contextmanager
-def emulator_process(docroot: Path) -> Iterator[dict[str, str]]:
-    """``python -m immsync.testing.emulator`` serving *docroot*; yields its URLs."""
-    env = {**os.environ, "IMMPORT_USERNAME": USERNAME, "IMMPORT_PASSWORD": PASSWORD}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "immsync.testing.emulator", "--legacy", "--docroot", str(docroot)],
-        stdout=subprocess.PIPE,
-        env=env,
-        text=True,
-    )
-    try:
-        assert proc.stdout is not None
-        line = proc.stdout.readline()
-        if not line:
-            raise RuntimeError("the emulator did not start")
-        yield json.loads(line)
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
 
 
 def make_client(urls: dict[str, str]) -> ImmportClient:
@@ -147,7 +126,9 @@ def measure(workdir: Path, *, quick: bool = False, rounds: int | None = None) ->
     rounds = rounds or (2 if quick else 5)
     files = build_tree(workdir / "immport", file_size)
     speeds: dict[str, list[float]] = {"immsync": [], "requests": []}
-    with emulator_process(workdir / "immport") as urls:
+    env = {**os.environ, "IMMPORT_USERNAME": USERNAME, "IMMPORT_PASSWORD": PASSWORD}
+    docroot = str(workdir / "immport")
+    with common.emulator_process("--legacy", "--docroot", docroot, env=env) as urls:
         client = make_client(urls)
         client.study_files("SDY1")  # both sides start with the manifest known
         order: list[tuple[str, Callable[[ImmportClient, list[RemoteFile], Path], None]]] = [
