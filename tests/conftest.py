@@ -18,6 +18,8 @@ from immsync.testing.fake_ascp import FakeAsperaInstall, install_fake_ascp
 from immsync.testing.sampledata import build_sample_tree, build_today_tree
 
 PASSWORD = "s3cret-Pa55word"
+# No stagger between sessions: the tests' emulator has no rate limit to respect.
+APPLY_TEST_OPTIONS = ("--session-stagger", "0", "--retry-wait", "0.01")
 
 
 @dataclass
@@ -67,16 +69,7 @@ class World:
         return self.run("plan", str(self.manifest_path), *extra)
 
     def apply(self, *extra: str) -> CliResult:
-        # No stagger between sessions: the tests' emulator has no rate limit to respect.
-        return self.run(
-            "apply",
-            str(self.manifest_path),
-            "--session-stagger",
-            "0",
-            "--retry-wait",
-            "0.01",
-            *extra,
-        )
+        return self.run("apply", str(self.manifest_path), *APPLY_TEST_OPTIONS, *extra)
 
     def sessions(self) -> list[dict[str, Any]]:
         log = self.root / "sessions.jsonl"
@@ -165,6 +158,15 @@ def _today(tmp_path: Path, today_tree: Path) -> Any:
             "PATH": os.environ.get("PATH", ""),
         }
         yield World(root, remote, emulator, config, aspera, env)
+
+
+@pytest.fixture(name="private_mounts")
+def _private_mounts() -> Any:
+    """Mounts without root (tests/private_mounts.py), for the variants of root-only tests
+    that run where the tests are not root; skipped as root, where the originals run."""
+    from private_mounts import private_mounts_for_non_root
+
+    yield from private_mounts_for_non_root()
 
 
 # Hypothesis: the default suite keeps properties small and untimed (CI machines vary);

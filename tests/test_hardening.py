@@ -365,6 +365,40 @@ def test_a_netrc_owned_by_someone_else_is_refused(world: World, tmp_path, named)
     assert world.emulator.count("/auth/token") == 0
 
 
+def a_file_of_roots() -> Path:
+    """A regular file root owns that every user may read, such as /etc/passwd."""
+    for candidate in ("/etc/passwd", "/etc/hostname", "/etc/os-release"):
+        path = Path(candidate).resolve()
+        if path.is_file() and path.stat().st_uid == 0:
+            return path
+    pytest.skip("no regular file of root's found to stand for another user's netrc")
+
+
+@pytest.mark.skipif(os.getuid() == 0, reason="as root, the variant giving the file away runs")
+@pytest.mark.parametrize("named", [True, False], ids=["NETRC", "default"])
+def test_a_netrc_of_roots_is_refused_by_another_user(world: World, tmp_path, named):
+    """Run by a user who is not root, a netrc that root owns is refused (exit 2) before it
+    is read: named by NETRC, or as ~/.netrc (a link to it: a user cannot make a file of
+    root's, and the check is of the file the link leads to, as reading it would be)."""
+    netrc_world(world, tmp_path, named=named)
+    roots = a_file_of_roots()
+    netrc = tmp_path / "home" / ".netrc"
+    if named:
+        world.env["NETRC"] = str(roots)
+        netrc = roots
+    else:
+        netrc.unlink()
+        netrc.symlink_to(roots)
+    result = world.run("plan", str(world.manifest_path))
+    assert result.exit_code == ExitCode.USAGE, result.output
+    assert (
+        f"error: refusing the netrc file {netrc}: it belongs to uid 0, not to you "
+        f"(uid {os.getuid()})\n" in result.stderr
+    )
+    assert "chmod 600" in result.stderr
+    assert world.emulator.count("/auth/token") == 0
+
+
 # -- 11. a manifest has a size bound -----------------------------------------------------
 
 MANIFEST_HEAD = "version: 1\ndestination: data\nstudies:\n  - accession: SDY1\n"

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 import requests
+from private_mounts import PrivateMounts
 
 from immsync.errors import ApiError, AuthError, RemoteNotFound, TransferError
 from immsync.https import HttpsTransfer
@@ -574,3 +575,15 @@ def test_a_full_disk_is_kind_disk(make: Any, tree: Path, tmp_path: Path):
         if done.returncode != 0:
             subprocess.run(["umount", "-l", str(small)], capture_output=True, check=False)
     assert os.path.isdir(small)
+
+
+def test_a_full_disk_is_kind_disk_without_root(
+    make: Any, tree: Path, tmp_path: Path, private_mounts: PrivateMounts
+):
+    """The same on a 256 KiB tmpfs mounted in a private namespace (where the tests are not
+    root): this process writes into it through the namespace's view of the folder."""
+    small = private_mounts.seen(private_mounts.small_disk(tmp_path / "small", "256k"))
+    with pytest.raises(TransferError) as caught:
+        fetch(make(), remote(tree, BIG, SMALL), small / "staging")
+    assert caught.value.kind == "disk"
+    assert "No space left" in caught.value.message

@@ -2,20 +2,24 @@
 
 Upstream MD5s (right, wrong, unavailable), adoption of files already on disk, a
 corrupt/foreign/newer state file and its rebuild, and a destination that fills up or
-turns read-only in the middle of a sync (a real size-limited tmpfs).
+turns read-only in the middle of a sync (a real size-limited tmpfs: mounted as root, or
+else in a private user and mount namespace).
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import sqlite3
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import World
+from conftest import CliResult, World
+from private_mounts import PrivateMounts
 
 from immsync.errors import ExitCode
 from immsync.hashing import file_checksum
@@ -251,15 +255,62 @@ def _mount(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(["mount", *args], capture_output=True, text=True, check=False)
 
 
-@pytest.fixture(name="small_dest")
-def _small_dest(world: World) -> Iterator[Path]:
-    """The destination on a 600 KiB tmpfs (the whole of SDY1 is ~760 KB)."""
+@dataclass
+class SmallDest:
+    """The world's destination on a 600 KiB tmpfs (the whole of SDY1 is ~760 KB).
+
+    As root the tmpfs is mounted for every process; otherwise it is mounted in a
+    private namespace (tests/private_mounts.py), where immsync and other commands then
+    run, and ``seen`` is the world with its files as that namespace sees them.
+    """
+
+    seen: World
+    apply: Callable[..., CliResult]
+    run: Callable[..., CliResult]
+    command: Callable[[list[str], dict[str, str]], subprocess.CompletedProcess[str]]
+    remount: Callable[[str], None]
+
+    @property
+    def path(self) -> Path:
+        """The mounted destination, to read and write from this process."""
+        return self.seen.dest
+
+
+@pytest.fixture(name="small_dest", params=["root", "namespace"])
+def _small_dest(request: pytest.FixtureRequest, world: World) -> Iterator[SmallDest]:
     world.dest.mkdir()
+    if request.param == "namespace":
+        mounts: PrivateMounts = request.getfixturevalue("private_mounts")
+        mounts.small_disk(world.dest, "600k")
+
+        def command_inside(argv: list[str], env: dict[str, str]) -> Any:
+            return mounts.run(argv, env=env)
+
+        def remount_inside(options: str) -> None:
+            mounts.remount(options, world.dest)
+
+        yield SmallDest(
+            mounts.seen_world(world),
+            functools.partial(mounts.apply, world),
+            functools.partial(mounts.immsync, world),
+            command_inside,
+            remount_inside,
+        )
+        return
+
     mounted = _mount("-t", "tmpfs", "-o", "size=600k,mode=0755", "tmpfs", str(world.dest))
     if mounted.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here (needs root): {mounted.stderr.strip()}")
+
+    def command(argv: list[str], env: dict[str, str]) -> Any:
+        return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60)
+
+    def remount(options: str) -> None:
+        remounted = _mount("-o", f"remount,{options}", str(world.dest))
+        assert remounted.returncode == 0, remounted.stderr
+
     try:
-        yield world.dest
+        yield SmallDest(world, world.apply, world.run, command, remount)
     finally:
         done = subprocess.run(["umount", str(world.dest)], capture_output=True, check=False)
         if done.returncode != 0:
@@ -278,28 +329,27 @@ def _fill(folder: Path) -> None:
 
 class TestDestinationTrouble:
     def test_disk_full_stops_cleanly_and_a_rerun_completes(
-        self, world: World, small_dest: Path
+        self, world: World, small_dest: SmallDest
     ) -> None:
         """Out of space: exit 7 with a clear message, verified files kept; bigger disk: done."""
         world.write_manifest(WHOLE_SDY1)
-        result = world.apply("--jobs", "1")
+        result = small_dest.apply("--jobs", "1")
         assert result.exit_code in (ExitCode.LOCAL, ExitCode.TRANSFER), result.output
         assert_no_traceback(result)
         assert "No space left on device" in result.stderr or "Disk write failed" in (result.stderr)
-        entries = assert_recorded_files_intact(world)
+        entries = assert_recorded_files_intact(small_dest.seen)
         assert entries, "some files fit and must have been kept"
         assert len(entries) < 7
-        for path in world.local_files():
+        for path in small_dest.seen.local_files():
             assert path in entries, f"{path} was placed but not recorded"
-        staging = world.dest / ".immsync" / "staging"
+        staging = small_dest.path / ".immsync" / "staging"
         partials = [p for p in staging.rglob("*.partial") if p.is_file()]
 
-        remounted = _mount("-o", "remount,size=8m", str(small_dest))
-        assert remounted.returncode == 0, remounted.stderr
+        small_dest.remount("size=8m")
         before = len(world.sessions())
-        again = world.apply("--jobs", "1")
+        again = small_dest.apply("--jobs", "1")
         assert again.exit_code == 0, again.output
-        assert sorted(assert_recorded_files_intact(world)) == sorted(
+        assert sorted(assert_recorded_files_intact(small_dest.seen)) == sorted(
             p.relative_to(world.remote).as_posix()
             for p in (world.remote / "SDY1").rglob("*")
             if p.is_file()
@@ -311,51 +361,51 @@ class TestDestinationTrouble:
         assert not partials or any(session["resumed"] for session in new)
         assert not any(p.is_file() for p in staging.rglob("*"))
 
-    def test_reruns_while_still_full_are_clear_errors(self, world: World, small_dest: Path) -> None:
+    def test_reruns_while_still_full_are_clear_errors(
+        self, world: World, small_dest: SmallDest
+    ) -> None:
         """Runs on a destination that stays full fail cleanly too, never losing a record."""
         world.write_manifest(WHOLE_SDY1)
         kept: dict[str, Any] = {}
         for _ in range(3):
-            result = world.apply("--jobs", "1")
+            result = small_dest.apply("--jobs", "1")
             assert result.exit_code == ExitCode.LOCAL, result.output
             assert_no_traceback(result)
-            entries = assert_recorded_files_intact(world)
+            entries = assert_recorded_files_intact(small_dest.seen)
             assert kept.keys() <= entries.keys()
             kept = entries
-        _fill(small_dest)
-        full = world.apply("--jobs", "1")
+        _fill(small_dest.path)
+        full = small_dest.apply("--jobs", "1")
         assert full.exit_code == ExitCode.LOCAL, full.output
         assert_no_traceback(full)
         assert "free space" in full.stderr
-        assert assert_recorded_files_intact(world).keys() == kept.keys()
+        assert assert_recorded_files_intact(small_dest.seen).keys() == kept.keys()
 
     def test_rebuild_on_a_full_disk_keeps_a_healthy_state(
-        self, world: World, small_dest: Path
+        self, world: World, small_dest: SmallDest
     ) -> None:
         """--rebuild-state on a full disk never mistakes the healthy state for a broken one."""
         world.write_manifest(FLOW_AND_DESIGN)
-        assert world.apply().exit_code == 0
+        assert small_dest.apply().exit_code == 0
         world.write_manifest(WHOLE_SDY1)
-        _fill(small_dest)
-        result = world.apply("--rebuild-state")
+        _fill(small_dest.path)
+        result = small_dest.apply("--rebuild-state")
         assert result.exit_code == ExitCode.LOCAL, result.output
         assert_no_traceback(result)
-        assert not list(state_path(world.dest).parent.glob("*.broken-*"))
-        (small_dest / "filler").unlink()
-        assert sorted(assert_recorded_files_intact(world)) == FLOW_AND_DESIGN_FILES
+        assert not list(state_path(small_dest.path).parent.glob("*.broken-*"))
+        (small_dest.path / "filler").unlink()
+        assert sorted(assert_recorded_files_intact(small_dest.seen)) == FLOW_AND_DESIGN_FILES
 
-    def test_stand_in_ascp_reports_a_real_enospc(self, world: World, small_dest: Path) -> None:
+    def test_stand_in_ascp_reports_a_real_enospc(self, world: World, small_dest: SmallDest) -> None:
         """The stand-in ascp says 'Disk write failed' on a full disk, even logging there (-L)."""
-        staging = small_dest / "staging"
-        logs = small_dest / "logs"
-        staging.mkdir()
-        logs.mkdir()
-        _fill(small_dest)
+        (small_dest.path / "staging").mkdir()
+        (small_dest.path / "logs").mkdir()
+        _fill(small_dest.path)
         pairs = world.root / "pairs.txt"
         pairs.write_text(f"/{ZIP}\n{ZIP}\n")
         token = aspera_tokens.mint(world.emulator.aspera_secret, ["/" + ZIP], lifetime=60)
         config = FakeAsperaConfig.load(world.config_path)
-        done = subprocess.run(
+        done = small_dest.command(
             [
                 str(world.aspera.ascp),
                 "-i",
@@ -372,33 +422,30 @@ class TestDestinationTrouble:
                 "2",
                 "--partial-file-suffix=.partial",
                 "-L",
-                str(logs),
+                str(world.dest / "logs"),
                 f"--file-pair-list={pairs}",
-                str(staging),
+                str(world.dest / "staging"),
             ],
-            env={"ASPERA_SCP_TOKEN": token, "PATH": world.env["PATH"]},
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
+            {"ASPERA_SCP_TOKEN": token, "PATH": world.env["PATH"]},
         )
         assert done.returncode == 1
         assert "Session Stop  (Error: Disk write failed)" in done.stdout
         assert "Traceback" not in done.stderr
         assert world.sessions()[-1]["error"] == "Disk write failed"
 
-    def test_read_only_destination_is_a_clear_error(self, world: World, small_dest: Path) -> None:
+    def test_read_only_destination_is_a_clear_error(
+        self, world: World, small_dest: SmallDest
+    ) -> None:
         """A destination remounted read-only after a partial sync: exit 7, named, nothing lost."""
         world.write_manifest(FLOW_AND_DESIGN)
-        assert world.apply().exit_code == 0
+        assert small_dest.apply().exit_code == 0
         world.write_manifest(WHOLE_SDY1)
-        remounted = _mount("-o", "remount,ro", str(small_dest))
-        assert remounted.returncode == 0, remounted.stderr
-        result = world.apply()
+        small_dest.remount("ro")
+        result = small_dest.apply()
         assert result.exit_code == ExitCode.LOCAL, result.output
         assert_no_traceback(result)
         assert "Read-only file system" in result.stderr
         assert str(world.dest) in result.stderr
-        assert sorted(assert_recorded_files_intact(world)) == FLOW_AND_DESIGN_FILES
-        status = world.run("status", str(world.manifest_path))
+        assert sorted(assert_recorded_files_intact(small_dest.seen)) == FLOW_AND_DESIGN_FILES
+        status = small_dest.run("status", str(world.manifest_path))
         assert status.exit_code == 0, status.output

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 from conftest import World
+from private_mounts import OTHER_USER, PrivateMounts
 
 from immsync.errors import ExitCode, StateError
 from immsync.statedir import open_private_file, private_folder, remove_files_below
@@ -262,8 +263,70 @@ class TestAnotherUserOnSharedStorage:
         assert world.local_files() == []
 
 
+def a_folder_of_roots() -> Path:
+    """A small folder root owns that others may not write in, such as /mnt."""
+    for candidate in ("/var/empty", "/mnt", "/srv", "/media", "/opt"):
+        folder = Path(candidate)
+        st = os.lstat(folder) if os.path.lexists(folder) else None
+        if st and stat.S_ISDIR(st.st_mode) and st.st_uid == 0 and not st.st_mode & 0o022:
+            return folder
+    pytest.skip("no small folder of root's found to stand for another user's")
+
+
+class TestAnotherUsersFolderWithoutRoot:
+    """The cases above where the tests are not root: another user's folder is one of
+    root's, bound into the destination in a private mount namespace (tests/private_mounts.py),
+    where it belongs to the overflow user id and the run's user is user id 0. This user can
+    plant nothing in root's folder, so what is pinned is the refusal, before any use."""
+
+    def test_another_users_state_folder_is_refused(
+        self, world: World, private_mounts: PrivateMounts
+    ) -> None:
+        world.dest.mkdir()
+        os.chmod(world.dest, 0o1777)  # shared storage: anyone may create here
+        (world.dest / ".immsync").mkdir()
+        private_mounts.mount("--bind", str(a_folder_of_roots()), str(world.dest / ".immsync"))
+        seen = private_mounts.seen_world(world)
+        assert (seen.dest / ".immsync").stat().st_uid == 0  # root's, seen from outside
+        world.write_manifest(STUDY_FILES)
+        result = private_mounts.apply(world)
+        refused(
+            result,
+            world.dest / ".immsync",
+            f"belongs to user id {OTHER_USER}, not to you (user id 0)",
+        )
+        assert seen.local_files() == []
+        assert seen.sessions() == []
+
+    def test_another_users_study_staging_folder_is_refused(
+        self, world: World, private_mounts: PrivateMounts
+    ) -> None:
+        world.dest.mkdir()
+        os.chmod(world.dest, 0o2777)
+        staging = world.dest / ".immsync" / "staging"
+        staging.mkdir(parents=True)
+        os.chmod(world.dest / ".immsync", 0o2777)
+        os.chmod(staging, 0o2777)
+        (staging / "SDY1").mkdir()
+        private_mounts.mount("--bind", str(a_folder_of_roots()), str(staging / "SDY1"))
+        world.write_manifest(STUDY_FILES)
+        result = private_mounts.apply(world, "--transport", "https")
+        refused(result, staging / "SDY1", f"belongs to user id {OTHER_USER}")
+        assert private_mounts.seen_world(world).local_files() == []
+
+
 class TestTheHelpers:
     """The same rules without a run, including for users who are not root."""
+
+    @pytest.mark.skipif(os.geteuid() == 0, reason="root owns the folder: it is not another's")
+    def test_a_folder_of_roots_is_refused_to_another_user(self) -> None:
+        """Where the tests are not root, a folder of root's such as /mnt (outside any
+        .immsync, so checked alone) is refused, naming its owner: the same check as for a state
+        folder of another user's, which this user cannot make without root."""
+        roots = a_folder_of_roots()
+        expected = f"belongs to user id 0, not to you \\(user id {os.geteuid()}\\)"
+        with pytest.raises(StateError, match=expected):
+            private_folder(roots, create=False)
 
     def test_private_folder_makes_each_level_0700(self, tmp_path: Path) -> None:
         folder = tmp_path / "dest" / ".immsync" / "shards" / "1-of-2"
