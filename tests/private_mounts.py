@@ -10,7 +10,8 @@ and folders of users it does not map (root's, for one) belong to the overflow us
   command line with a test world's environment; the network is not a separate
   namespace, so the emulator on 127.0.0.1 stays reachable;
 - ``seen`` names a path as the namespace sees it, through ``/proc/<pid>/root``, for
-  the test to inspect what a run left behind (or to write there) while it lives.
+  the test to inspect what a run left behind (or to write there) while it lives;
+  ``python_json`` reads inside it what cannot be read that way (a SQLite state).
 
 The namespace lives as long as a holder process that waits on its standard input;
 closing it, or the test process ending, ends the namespace and its mounts with it.
@@ -18,12 +19,14 @@ closing it, or the test process ending, ends the namespace and its mounts with i
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
 import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import APPLY_TEST_OPTIONS, CliResult, World
@@ -113,6 +116,16 @@ class PrivateMounts:
     def apply(self, world: World, *extra: str) -> CliResult:
         """``immsync apply`` of *world*'s manifest inside the namespace, as ``World.apply``."""
         return self.immsync(world, "apply", str(world.manifest_path), *APPLY_TEST_OPTIONS, *extra)
+
+    def python_json(self, code: str, *args: str) -> Any:
+        """What Python *code*, run inside the namespace with *args*, prints as JSON.
+
+        For what this process cannot read through ``seen``: SQLite, for one, resolves
+        the link ``/proc/<pid>/root`` and so opens the file outside the namespace.
+        """
+        done = self.run([sys.executable, "-c", code, *args], env=dict(os.environ))
+        assert done.returncode == 0, done.stderr
+        return json.loads(done.stdout)
 
     def seen(self, path: Path) -> Path:
         """*path* as the namespace sees it, with its mounts, for this process to read."""

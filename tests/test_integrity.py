@@ -23,7 +23,7 @@ from private_mounts import PrivateMounts
 
 from immsync.errors import ExitCode
 from immsync.hashing import file_checksum
-from immsync.state import StateStore, state_path
+from immsync.state import StateEntry, StateStore, state_path
 from immsync.testing import aspera_tokens
 from immsync.testing.aspera_config import FakeAsperaConfig
 
@@ -47,7 +47,7 @@ FLOW_AND_DESIGN_FILES = sorted([FCS, FCS2, FCS3, DESIGN])
 WHOLE_SDY1 = "  - accession: SDY1\n"
 
 
-def recorded(world: World) -> dict[str, Any]:
+def recorded(world: World) -> dict[str, StateEntry]:
     with StateStore.open(state_path(world.dest), create=False) as store:
         return store.entries()
 
@@ -60,9 +60,12 @@ def sessions_with(world: World, path: str) -> list[dict[str, Any]]:
     return [s for s in world.sessions() if "/" + path in s["sources"]]
 
 
-def assert_recorded_files_intact(world: World) -> dict[str, Any]:
-    """Every recorded file is on disk, byte-identical to upstream, with its recorded hash."""
-    entries = recorded(world)
+def assert_recorded_files_intact(
+    world: World, entries: dict[str, StateEntry] | None = None
+) -> dict[str, StateEntry]:
+    """Every recorded file (*entries*, else those in the world's state) is on disk,
+    byte-identical to upstream, with its recorded hash."""
+    entries = recorded(world) if entries is None else entries
     for path, entry in entries.items():
         local = world.dest / path
         assert local.read_bytes() == (world.remote / path).read_bytes(), path
@@ -265,15 +268,29 @@ class SmallDest:
     """
 
     seen: World
+    recorded: Callable[[], dict[str, StateEntry]]
     apply: Callable[..., CliResult]
     run: Callable[..., CliResult]
     command: Callable[[list[str], dict[str, str]], subprocess.CompletedProcess[str]]
     remount: Callable[[str], None]
 
+    def assert_intact(self) -> dict[str, StateEntry]:
+        """``assert_recorded_files_intact`` of the destination on the tmpfs."""
+        return assert_recorded_files_intact(self.seen, self.recorded())
+
     @property
     def path(self) -> Path:
         """The mounted destination, to read and write from this process."""
         return self.seen.dest
+
+
+READ_STATE = """
+import json, sys
+from pathlib import Path
+from immsync.state import StateStore
+with StateStore.open(Path(sys.argv[1]), create=False) as store:
+    print(json.dumps({path: list(entry) for path, entry in store.entries().items()}))
+"""
 
 
 @pytest.fixture(name="small_dest", params=["root", "namespace"])
@@ -289,8 +306,13 @@ def _small_dest(request: pytest.FixtureRequest, world: World) -> Iterator[SmallD
         def remount_inside(options: str) -> None:
             mounts.remount(options, world.dest)
 
+        def recorded_inside() -> dict[str, StateEntry]:
+            rows = mounts.python_json(READ_STATE, str(state_path(world.dest)))
+            return {path: StateEntry._make(row) for path, row in rows.items()}
+
         yield SmallDest(
             mounts.seen_world(world),
+            recorded_inside,
             functools.partial(mounts.apply, world),
             functools.partial(mounts.immsync, world),
             command_inside,
@@ -310,7 +332,9 @@ def _small_dest(request: pytest.FixtureRequest, world: World) -> Iterator[SmallD
         assert remounted.returncode == 0, remounted.stderr
 
     try:
-        yield SmallDest(world, world.apply, world.run, command, remount)
+        yield SmallDest(
+            world, functools.partial(recorded, world), world.apply, world.run, command, remount
+        )
     finally:
         done = subprocess.run(["umount", str(world.dest)], capture_output=True, check=False)
         if done.returncode != 0:
@@ -337,7 +361,7 @@ class TestDestinationTrouble:
         assert result.exit_code in (ExitCode.LOCAL, ExitCode.TRANSFER), result.output
         assert_no_traceback(result)
         assert "No space left on device" in result.stderr or "Disk write failed" in (result.stderr)
-        entries = assert_recorded_files_intact(small_dest.seen)
+        entries = small_dest.assert_intact()
         assert entries, "some files fit and must have been kept"
         assert len(entries) < 7
         for path in small_dest.seen.local_files():
@@ -349,7 +373,7 @@ class TestDestinationTrouble:
         before = len(world.sessions())
         again = small_dest.apply("--jobs", "1")
         assert again.exit_code == 0, again.output
-        assert sorted(assert_recorded_files_intact(small_dest.seen)) == sorted(
+        assert sorted(small_dest.assert_intact()) == sorted(
             p.relative_to(world.remote).as_posix()
             for p in (world.remote / "SDY1").rglob("*")
             if p.is_file()
@@ -371,7 +395,7 @@ class TestDestinationTrouble:
             result = small_dest.apply("--jobs", "1")
             assert result.exit_code == ExitCode.LOCAL, result.output
             assert_no_traceback(result)
-            entries = assert_recorded_files_intact(small_dest.seen)
+            entries = small_dest.assert_intact()
             assert kept.keys() <= entries.keys()
             kept = entries
         _fill(small_dest.path)
@@ -379,7 +403,7 @@ class TestDestinationTrouble:
         assert full.exit_code == ExitCode.LOCAL, full.output
         assert_no_traceback(full)
         assert "free space" in full.stderr
-        assert assert_recorded_files_intact(small_dest.seen).keys() == kept.keys()
+        assert small_dest.assert_intact().keys() == kept.keys()
 
     def test_rebuild_on_a_full_disk_keeps_a_healthy_state(
         self, world: World, small_dest: SmallDest
@@ -394,7 +418,7 @@ class TestDestinationTrouble:
         assert_no_traceback(result)
         assert not list(state_path(small_dest.path).parent.glob("*.broken-*"))
         (small_dest.path / "filler").unlink()
-        assert sorted(assert_recorded_files_intact(small_dest.seen)) == FLOW_AND_DESIGN_FILES
+        assert sorted(small_dest.assert_intact()) == FLOW_AND_DESIGN_FILES
 
     def test_stand_in_ascp_reports_a_real_enospc(self, world: World, small_dest: SmallDest) -> None:
         """The stand-in ascp says 'Disk write failed' on a full disk, even logging there (-L)."""
@@ -446,6 +470,6 @@ class TestDestinationTrouble:
         assert_no_traceback(result)
         assert "Read-only file system" in result.stderr
         assert str(world.dest) in result.stderr
-        assert sorted(assert_recorded_files_intact(small_dest.seen)) == FLOW_AND_DESIGN_FILES
+        assert sorted(small_dest.assert_intact()) == FLOW_AND_DESIGN_FILES
         status = small_dest.run("status", str(world.manifest_path))
         assert status.exit_code == 0, status.output

@@ -285,7 +285,7 @@ class TestAnotherUsersFolderWithoutRoot:
         world.dest.mkdir()
         os.chmod(world.dest, 0o1777)  # shared storage: anyone may create here
         (world.dest / ".immsync").mkdir()
-        private_mounts.mount("--bind", str(a_folder_of_roots()), str(world.dest / ".immsync"))
+        private_mounts.mount("--rbind", str(a_folder_of_roots()), str(world.dest / ".immsync"))
         seen = private_mounts.seen_world(world)
         assert (seen.dest / ".immsync").stat().st_uid == 0  # root's, seen from outside
         world.write_manifest(STUDY_FILES)
@@ -308,7 +308,7 @@ class TestAnotherUsersFolderWithoutRoot:
         os.chmod(world.dest / ".immsync", 0o2777)
         os.chmod(staging, 0o2777)
         (staging / "SDY1").mkdir()
-        private_mounts.mount("--bind", str(a_folder_of_roots()), str(staging / "SDY1"))
+        private_mounts.mount("--rbind", str(a_folder_of_roots()), str(staging / "SDY1"))
         world.write_manifest(STUDY_FILES)
         result = private_mounts.apply(world, "--transport", "https")
         refused(result, staging / "SDY1", f"belongs to user id {OTHER_USER}")
