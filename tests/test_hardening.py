@@ -366,12 +366,17 @@ def test_a_netrc_owned_by_someone_else_is_refused(world: World, tmp_path, named)
 
 
 def a_file_of_roots() -> Path:
-    """A regular file root owns that every user may read, such as /etc/passwd."""
-    for candidate in ("/etc/passwd", "/etc/hostname", "/etc/os-release"):
-        path = Path(candidate).resolve()
-        if path.is_file() and path.stat().st_uid == 0:
-            return path
-    pytest.skip("no regular file of root's found to stand for another user's netrc")
+    """A regular file of root's that others may not read, such as Debian's /etc/.pwd.lock,
+    so that only its owner is wrong; else one that all may read, such as /etc/passwd."""
+    candidates = ("/etc/.pwd.lock", "/etc/security/opasswd", "/etc/passwd", "/etc/hostname")
+    found = [
+        path
+        for path in map(Path, candidates)
+        if path.is_file() and not path.is_symlink() and path.stat().st_uid == 0
+    ]
+    if not found:
+        pytest.skip("no regular file of root's found to stand for another user's netrc")
+    return min(found, key=lambda path: path.stat().st_mode & 0o077 != 0)
 
 
 @pytest.mark.skipif(os.getuid() == 0, reason="as root, the variant giving the file away runs")
