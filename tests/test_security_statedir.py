@@ -4,7 +4,8 @@ Each test plants what a careless script or another user on shared storage could 
 (a link at the lock, the staging folder, a study's staging folder, the scratch folder,
 the state file or its journal, the shards folder) and checks, end to end, that the run
 refuses with exit 7 naming the path, and that nothing outside the destination changed.
-The cross-user cases run for real as another user where the tests run as root.
+The cross-user cases run for real as another user where the tests run as root, and
+elsewhere with a folder of root's bound into the destination in a private namespace.
 """
 
 from __future__ import annotations
