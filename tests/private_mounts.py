@@ -146,7 +146,7 @@ class PrivateMounts:
 def private_mounts_for_non_root() -> Iterator[PrivateMounts]:
     """A namespace for a test's variant that runs where the tests are not root."""
     if os.geteuid() == 0:
-        pytest.skip("as root, this test's variant that mounts for real runs instead")
+        pytest.skip("as root, the variant of this test that needs root runs instead")
     mounts = PrivateMounts()
     try:
         yield mounts
