@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,12 @@ from immsync.testing.fake_ascp import FakeAsperaInstall, install_fake_ascp
 from immsync.testing.sampledata import build_sample_tree, build_today_tree
 
 PASSWORD = "s3cret-Pa55word"
+
+# A shell without job control starts a background command with SIGINT ignored (`make
+# test &` in a CI script), and every process started from here would inherit that: the
+# tests that interrupt immsync with Ctrl-C need SIGINT to work as it does for a user.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 # No stagger between sessions: the tests' emulator has no rate limit to respect.
 APPLY_TEST_OPTIONS = ("--session-stagger", "0", "--retry-wait", "0.01")
 
