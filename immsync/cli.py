@@ -8,6 +8,7 @@ result and turns an ``ImmsyncError`` into its documented exit code.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import json
 import logging
 import logging.config
@@ -1119,6 +1120,18 @@ def _make_reporter(
     return TeeReporter(reporters)
 
 
+
+
+def _one_line_paragraphs(doc: str) -> str:
+    """*doc* with each paragraph on one line: typer keeps a docstring's line breaks
+    inside a paragraph, which a terminal narrower than the source then breaks again."""
+    paragraphs = inspect.cleandoc(doc).split("\n\n")
+    return "\n\n".join(" ".join(paragraph.split()) for paragraph in paragraphs)
+
+
+for _command in app.registered_commands:
+    if _command.help is None and _command.callback is not None and _command.callback.__doc__:
+        _command.help = _one_line_paragraphs(_command.callback.__doc__)
 
 
 def main() -> None:

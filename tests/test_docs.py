@@ -53,3 +53,12 @@ def test_the_jobs_defaults_in_the_readme_are_the_code_s():
     from immsync.app.config import ASCP_JOBS, HTTPS_JOBS
 
     assert f"[{ASCP_JOBS} for `ascp`, {HTTPS_JOBS} over HTTPS]" in README
+
+
+def test_command_help_paragraphs_are_wrapped_by_the_terminal_not_the_source():
+    """Typer keeps a docstring's line breaks inside a paragraph; at 80 columns each
+    source line would then wrap again, leaving one-word lines. Each paragraph is one line."""
+    group = get_command(app)
+    for name, command in group.commands.items():  # type: ignore[attr-defined]
+        for paragraph in command.help.split("\n\n"):
+            assert "\n" not in paragraph, (name, paragraph)
