@@ -95,7 +95,7 @@ from .shard import (
 )
 from .state import lock_path as destination_lock_path
 from .state import state_path
-from .sync import Survey, SyncOptions, check_prune, survey, survey_remote
+from .sync import RemoteView, Survey, SyncOptions, check_prune, survey, survey_remote
 from .units import count
 
 if TYPE_CHECKING:
@@ -622,14 +622,7 @@ def apply(
                 listing.finish()
                 report = Report(plan=found.plan, dry_run=True)
             out.plan(found)
-            _finish_apply(
-                report,
-                found.remote.problems,
-                out,
-                unlisted=len(found.remote.failed_roots),
-                listing_hint=found.remote.hint,
-                plan_limit=limit,
-            )
+            _finish_apply(report, found.remote, out, plan_limit=limit)
             return
         main_lock = destination_lock_path(loaded.destination)
         with contextlib.ExitStack() as locks:
@@ -663,32 +656,14 @@ def apply(
                 )
         if received:
             _interrupted(report, received[0], out, found.remote.problems)
-        _finish_apply(
-            report,
-            found.remote.problems,
-            out,
-            unlisted=len(found.remote.failed_roots),
-            listing_hint=found.remote.hint,
-        )
-
-
-
-
-
-
-
-
+        _finish_apply(report, found.remote, out)
 
 
 def _finish_apply(
-    report: Report,
-    problems: tuple[str, ...],
-    out: _ApplyOutput,
-    *,
-    unlisted: int,
-    listing_hint: str,
-    plan_limit: int = PLAN_LIMIT,
+    report: Report, remote: RemoteView, out: _ApplyOutput, *, plan_limit: int = PLAN_LIMIT
 ) -> None:
+    problems = remote.problems
+    unlisted = len(remote.failed_roots)
     failures = tuple(f"{f.path}: {f.error}" for f in report.failures)
     exit_code = ExitCode.TRANSFER if failures else ExitCode.REMOTE if problems else ExitCode.OK
     out.summary(report, problems, exit_code=exit_code)
@@ -712,7 +687,7 @@ def _finish_apply(
             "some selected paths could not be listed:",
             exit_code=ExitCode.REMOTE,
             failures=problems,
-            hint=listing_hint,
+            hint=remote.hint,
         )
 
 
