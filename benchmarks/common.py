@@ -436,3 +436,28 @@ def emulator_process(*args: str, env: Mapping[str, str] | None = None) -> Iterat
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+def script_main(
+    argv: list[str] | None,
+    doc: str | None,
+    measure: Callable[..., dict[str, Any]],
+    line: Callable[[dict[str, Any]], str],
+    *,
+    quick_help: str,
+    rounds_help: str,
+) -> int:
+    """The command line of a benchmark script run on its own: measure, print one line
+    (or, with ``--json``, the raw numbers)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=(doc or "").split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help=quick_help)
+    parser.add_argument("--rounds", type=int, help=rounds_help)
+    parser.add_argument("--json", action="store_true", help="print the raw numbers as JSON")
+    parser.add_argument("--workdir", type=Path, help="where to put the files (default: temp)")
+    options = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory(dir=options.workdir) as tmp:
+        result = measure(Path(tmp), quick=options.quick, rounds=options.rounds)
+    print(json.dumps(result, indent=2) if options.json else line(result))
+    return 0

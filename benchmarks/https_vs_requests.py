@@ -18,13 +18,10 @@ Prints one line; ``--json`` prints the raw numbers instead.
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import shutil
 import statistics
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -166,16 +163,14 @@ def line(result: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="32 MiB instead of 1 GiB, 2 rounds")
-    parser.add_argument("--rounds", type=int, help="rounds (default 5, quick 2)")
-    parser.add_argument("--json", action="store_true", help="print the raw numbers as JSON")
-    parser.add_argument("--workdir", type=Path, help="where to put the files (default: temp)")
-    options = parser.parse_args(argv)
-    with tempfile.TemporaryDirectory(dir=options.workdir) as tmp:
-        result = measure(Path(tmp), quick=options.quick, rounds=options.rounds)
-    print(json.dumps(result, indent=2) if options.json else line(result))
-    return 0
+    return common.script_main(
+        argv,
+        __doc__,
+        measure,
+        line,
+        quick_help="32 MiB instead of 1 GiB, 2 rounds",
+        rounds_help="rounds (default 5, quick 2)",
+    )
 
 
 if __name__ == "__main__":
