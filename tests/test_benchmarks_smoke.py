@@ -23,21 +23,23 @@ FIGURES = {
 FIGURES |= {"drs_first_sync", "drs_noop_apply", "manifest_memory"}  # today's ImmPort
 
 
-def test_quick_suite_produces_every_figure(tmp_path: Path) -> None:
-    """`python -m benchmarks.run --quick` measures every figure and reports each."""
-    markdown, raw = tmp_path / "bench.md", tmp_path / "bench.json"
-    result = subprocess.run(
+def run_quick(
+    markdown: Path, raw: Path, workdir: Path, *extra: str
+) -> subprocess.CompletedProcess[str]:
+    """`python -m benchmarks.run --quick`, its results written to *markdown* and *raw*."""
+    return subprocess.run(
         [
             sys.executable,
             "-m",
             "benchmarks.run",
             "--quick",
+            *extra,
             "--out",
             str(markdown),
             "--json",
             str(raw),
             "--workdir",
-            str(tmp_path / "work"),
+            str(workdir),
         ],
         cwd=ROOT,
         capture_output=True,
@@ -45,6 +47,12 @@ def test_quick_suite_produces_every_figure(tmp_path: Path) -> None:
         timeout=110,
         check=False,
     )
+
+
+def test_quick_suite_produces_every_figure(tmp_path: Path) -> None:
+    """`python -m benchmarks.run --quick` measures every figure and reports each."""
+    markdown, raw = tmp_path / "bench.md", tmp_path / "bench.json"
+    result = run_quick(markdown, raw, tmp_path / "work")
     assert result.returncode == 0, result.stdout + result.stderr
     doc = json.loads(raw.read_text())
     assert doc["not_measured"] == {}
@@ -98,27 +106,7 @@ def test_only_updates_the_figures_it_runs_and_keeps_the_others(tmp_path: Path) -
             }
         )
     )
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "benchmarks.run",
-            "--quick",
-            "--only",
-            "hashing",
-            "--out",
-            str(markdown),
-            "--json",
-            str(raw),
-            "--workdir",
-            str(tmp_path / "work"),
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=110,
-        check=False,
-    )
+    result = run_quick(markdown, raw, tmp_path / "work", "--only", "hashing")
     assert result.returncode == 0, result.stdout + result.stderr
     doc = json.loads(raw.read_text())
     figures = {f["key"]: f for f in doc["figures"]}
